@@ -1,0 +1,1 @@
+//! The only crate allowed to use `unsafe`: it talks to the kernel.
