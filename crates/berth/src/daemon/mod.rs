@@ -1,0 +1,137 @@
+//! The node daemon: the engine behind an HTTP/JSON API on a unix socket.
+
+mod containers;
+mod images;
+mod streams;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use berth_engine::engine::EngineConfig;
+use berth_engine::{Engine, EngineError};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub type AppState = Arc<Engine>;
+
+pub fn init_tracing(format: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// An API error: a status and a one-line message as `{"message": ...}`.
+pub struct ApiError(pub u16, pub String);
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError(e.status(), e.to_string())
+    }
+}
+
+impl From<berth_image::ImageError> for ApiError {
+    fn from(e: berth_image::ImageError) -> Self {
+        EngineError::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(berth_api::ErrorBody { message: self.1 })).into_response()
+    }
+}
+
+pub fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(400, msg.into())
+}
+
+pub fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(500, e.to_string())
+}
+
+pub fn router(engine: AppState) -> Router {
+    Router::new()
+        .route("/v1/info", get(containers::info))
+        .route(
+            "/v1/containers",
+            get(containers::list).post(containers::create),
+        )
+        .route("/v1/containers/run", post(streams::run))
+        .route(
+            "/v1/containers/{id}",
+            get(containers::inspect).delete(containers::remove),
+        )
+        .route("/v1/containers/{id}/start", post(containers::start))
+        .route("/v1/containers/{id}/stop", post(containers::stop))
+        .route("/v1/containers/{id}/kill", post(containers::kill))
+        .route("/v1/containers/{id}/wait", post(containers::wait))
+        .route("/v1/containers/{id}/changes", get(containers::changes))
+        .route("/v1/containers/{id}/commit", post(containers::commit))
+        .route("/v1/containers/{id}/logs", get(streams::logs))
+        .route("/v1/containers/{id}/attach", post(streams::attach))
+        .route("/v1/containers/{id}/exec", post(streams::exec))
+        .route("/v1/images", get(images::list).delete(images::remove))
+        .route("/v1/images/import", post(images::import))
+        .route("/v1/images/save", get(images::save))
+        .route("/v1/images/inspect", get(images::inspect))
+        .route("/v1/images/tag", post(images::tag))
+        .route("/v1/images/prune", post(images::prune))
+        .route("/v1/build", post(images::build))
+        .route("/v1/_ping", delete(ping).get(ping))
+        .with_state(engine)
+}
+
+async fn ping() -> &'static str {
+    "OK"
+}
+
+pub async fn serve(cfg: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            anyhow::bail!(
+                "another berth daemon is already listening on {}",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    let engine = Engine::open(cfg.clone())
+        .await
+        .context("starting the engine")?;
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    // Root only, like Docker's socket: whoever can talk to it controls the host.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
+    tracing::info!(socket = %socket.display(), data_dir = %cfg.data_dir.display(), "berth daemon ready");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!(
+            "shutting down; containers keep running and are re-adopted at the next start"
+        );
+    };
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds berth, starts `berth up` with its embedded defaults in the
+# background, imports a busybox image and runs a web server container that
+# answers on http://localhost:8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cargo build --release --quiet
+BERTH=target/release/berth
+install -m 0755 "$BERTH" /usr/local/bin/berth
+if ! berth info >/dev/null 2>&1; then
+  mkdir -p /var/log
+  nohup berth up >/var/log/berth.log 2>&1 &
+  for _ in $(seq 100); do berth info >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+berth info
+if ! berth image inspect busybox >/dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  cargo run --release --quiet -p berth-testkit --example busybox-tarball -- "$tmp/busybox.tar"
+  berth image import "$tmp/busybox.tar" --tag busybox
+  rm -rf "$tmp"
+fi
+berth rm -f web >/dev/null 2>&1 || true
+berth run -d -p 8000:8000 --name web busybox httpd -f -p 8000 -h /www
+for _ in $(seq 50); do curl -fsS http://localhost:8000/ && break; sleep 0.1; done
+berth ps
+echo "berth is up: try 'berth ps', 'berth logs web', 'berth exec web ls /www'; the daemon logs to /var/log/berth.log"
