@@ -94,6 +94,7 @@ impl Client {
             .method(method)
             .uri(format!("http://berth{path}"))
             .header(http::header::HOST, "berth")
+            .header(http::header::CONTENT_TYPE, "application/json")
             .body(body)
             .expect("static request parts are valid")
     }

@@ -50,13 +50,18 @@ impl EngineConfig {
     }
 }
 
+/// (state-change counter, last exit status).
+type ExitWatch = (u64, Option<(i32, bool)>);
+
 struct Live {
     rec: ContainerRecord,
     proxies: Vec<JoinHandle<()>>,
     /// The container's main process, for race-free signals.
     pidfd: Option<Arc<OwnedFd>>,
-    /// Bumped on every state change; dropped when the container is removed.
-    changed: watch::Sender<u64>,
+    /// Bumped on every state change, carrying the last exit status, so a
+    /// waiter still learns it after the container is removed (the sender is
+    /// dropped on removal).
+    changed: watch::Sender<ExitWatch>,
     /// A start is in progress: a second start or a remove must wait.
     starting: bool,
 }
@@ -350,7 +355,7 @@ impl Engine {
                 config,
             };
             // Reserve the name in memory before touching the disk.
-            let (tx, _) = watch::channel(0);
+            let (tx, _) = watch::channel((0, None));
             st.containers.insert(
                 id.clone(),
                 Live {
@@ -564,7 +569,7 @@ impl Engine {
                     live.rec = rec.clone();
                     live.proxies = proxies;
                     live.pidfd = pidfd;
-                    live.changed.send_modify(|v| *v += 1);
+                    live.changed.send_modify(|v| v.0 += 1);
                 }
                 None => {
                     // Removed while starting (rm -f): take the container down again.
@@ -692,7 +697,10 @@ impl Engine {
             let ip = live.rec.ip.take();
             let rec = live.rec.clone();
             let proxies = std::mem::take(&mut live.proxies);
-            live.changed.send_modify(|v| *v += 1);
+            live.changed.send_modify(|v| {
+                v.0 += 1;
+                v.1 = Some((exit.code, exit.oom_killed));
+            });
             if let Some(ip) = ip {
                 st.ipam.release(ip);
             }
@@ -797,7 +805,7 @@ impl Engine {
     async fn wait_not_running(
         &self,
         id: &str,
-        rx: &mut watch::Receiver<u64>,
+        rx: &mut watch::Receiver<ExitWatch>,
         timeout: Duration,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -918,7 +926,7 @@ impl Engine {
             {
                 let st = self.lock();
                 match st.containers.get(&id) {
-                    None => return Ok(last),
+                    None => return Ok(rx.borrow().1.unwrap_or(last)),
                     Some(l) => {
                         last = (l.rec.exit_code.unwrap_or(0), l.rec.oom_killed);
                         let done = l.rec.state == ContainerState::Exited && !l.starting;
@@ -929,7 +937,7 @@ impl Engine {
                 }
             }
             if rx.changed().await.is_err() {
-                return Ok(last);
+                return Ok(rx.borrow().1.unwrap_or(last));
             }
         }
     }
@@ -1170,7 +1178,7 @@ impl Engine {
             if let Some(ip) = rec.ip {
                 st.ipam.reserve(ip);
             }
-            let (tx, _) = watch::channel(0);
+            let (tx, _) = watch::channel((0, None));
             st.containers.insert(
                 id.clone(),
                 Live {

@@ -317,21 +317,23 @@ fn run_detached(spec: &ShimSpec) -> Result<(), (String, i32)> {
 fn wait_exit(pid: i32, cgroup: &Cgroup) -> ExitRecord {
     loop {
         match waitpid(Pid::from_raw(pid), None) {
+            // Like Docker, any OOM kill in the container's cgroup marks it
+            // OOM-killed: the victim is often a child, and the main process
+            // then exits with 137 by itself.
             Ok(WaitStatus::Exited(_, code)) => {
                 return ExitRecord {
                     code,
                     signal: None,
-                    oom_killed: false,
+                    oom_killed: cgroup.oom_killed(),
                     finished_at: 0,
                 };
             }
             Ok(WaitStatus::Signaled(_, sig, _)) => {
                 let sig = sig as i32;
-                let oom = sig == libc::SIGKILL && cgroup.oom_killed();
                 return ExitRecord {
                     code: 128 + sig,
                     signal: Some(sig),
-                    oom_killed: oom,
+                    oom_killed: cgroup.oom_killed(),
                     finished_at: 0,
                 };
             }

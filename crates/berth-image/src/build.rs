@@ -330,7 +330,7 @@ impl Builder<'_> {
                 format!("image name {:?} expands to nothing", image.raw()),
             ));
         }
-        let base = if let Some(stage) = self.find_stage(&reference) {
+        let base = if let Some(stage) = self.find_stage(&reference, self.stages.len()) {
             Stage {
                 name: None,
                 args: Vec::new(),
@@ -367,13 +367,14 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// A stage by name, or by index for a number.
-    fn find_stage(&self, name: &str) -> Option<&Stage> {
+    /// A finished stage by name, or by index for a number: one of the
+    /// first `before` stages (a stage cannot read itself or later ones).
+    fn find_stage(&self, name: &str, before: usize) -> Option<&Stage> {
+        let done = &self.stages[..before.min(self.stages.len())];
         let lower = name.to_ascii_lowercase();
-        self.stages
-            .iter()
+        done.iter()
             .find(|s| s.name.as_deref() == Some(lower.as_str()))
-            .or_else(|| name.parse::<usize>().ok().and_then(|i| self.stages.get(i)))
+            .or_else(|| name.parse::<usize>().ok().and_then(|i| done.get(i)))
     }
 
     fn stage(&self) -> &Stage {
@@ -778,7 +779,16 @@ impl Builder<'_> {
         let from = match &c.from {
             Some(w) => {
                 let name = self.expand(ins, w)?;
-                let layers = match self.find_stage(&name) {
+                let current = self.stages.len().saturating_sub(1);
+                if self.stages.last().and_then(|s| s.name.as_deref())
+                    == Some(name.to_ascii_lowercase().as_str())
+                {
+                    return Err(self.err(
+                        ins,
+                        format!("--from={name}: a stage cannot copy from itself"),
+                    ));
+                }
+                let layers = match self.find_stage(&name, current) {
                     Some(s) => s.layers.clone(),
                     None => {
                         let img = self
@@ -1067,15 +1077,38 @@ impl Builder<'_> {
         let mode = attrs.mode.unwrap_or(meta.mode() & 0o7777);
         w.ensure_dir(dest, Some((mode, owner.0, owner.1)))
             .map_err(io)?;
+        let view = w.view();
         for e in src.entries(m).map_err(|e| self.err(ins, e))? {
             let target = dest.join(&e.rel);
-            // Resolve symlinks the image has in the target's parents.
-            let parent = target.parent().unwrap_or(Path::new(""));
-            let parent = w.view().resolve(parent, true).map_err(io)?;
-            let target = match target.file_name() {
-                Some(n) => parent.join(n),
-                None => target,
+            let Some(name) = target.file_name() else {
+                continue;
             };
+            // Resolve symlinks the image has in the target's parents; a
+            // parent this copy already made is a real directory.
+            let parent = target.parent().unwrap_or(Path::new(""));
+            let parent = if w.upper.join(parent).is_dir() && !w.upper.join(parent).is_symlink() {
+                parent.to_path_buf()
+            } else {
+                view.resolve(parent, true).map_err(io)?
+            };
+            let mut target = parent.join(name);
+            // A directory lands inside an existing symlink to a directory
+            // (rootfs/bin/ onto bin -> usr/bin) instead of replacing it.
+            if e.meta.is_dir()
+                && view
+                    .lookup(&target)
+                    .map_err(io)?
+                    .is_some_and(|f| f.meta.file_type().is_symlink())
+            {
+                let followed = view.resolve(&target, true).map_err(io)?;
+                if view
+                    .lookup(&followed)
+                    .map_err(io)?
+                    .is_some_and(|f| f.meta.is_dir())
+                {
+                    target = followed;
+                }
+            }
             w.put(&target, &e, attrs).map_err(io)?;
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Control groups on v1, hybrid and v2 hosts.
 //!
 //! A container's cgroup is one directory per hierarchy: on v1/hybrid hosts
-//! `<root>/{memory,cpu,pids}/<name>` (plus `freezer` on pure v1, plus
+//! `<root>/{memory,cpu,pids,devices}/<name>` (plus `freezer` on pure v1, plus
 //! `<root>/unified/<name>` on hybrid hosts so `cgroup.kill` and
 //! CLONE_INTO_CGROUP work), on v2 hosts the single `<root>/<name>`.
 //!
@@ -127,6 +127,22 @@ impl CgroupRoot {
     }
 }
 
+/// Docker's default device allow list (after denying everything): mknod
+/// of anything, and read/write on the standard nodes, pty slaves and tun.
+pub const DEVICE_ALLOW: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",   // null
+    "c 1:5 rwm",   // zero
+    "c 1:7 rwm",   // full
+    "c 1:8 rwm",   // random
+    "c 1:9 rwm",   // urandom
+    "c 5:0 rwm",   // tty
+    "c 5:1 rwm",   // console
+    "c 5:2 rwm",   // ptmx
+    "c 136:* rwm", // pts
+];
+
 /// The v2 controllers we enable for containers.
 const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
@@ -140,6 +156,8 @@ pub struct Cgroup {
     cpu: Option<PathBuf>,
     pids: Option<PathBuf>,
     freezer: Option<PathBuf>,
+    /// v1 device access control (Docker's default allow list).
+    devices: Option<PathBuf>,
     /// A cgroup2 directory: the v2 dir, or the hybrid unified one.
     unified: Option<PathBuf>,
 }
@@ -187,6 +205,7 @@ impl Cgroup {
             cpu: None,
             pids: None,
             freezer: None,
+            devices: None,
             unified: None,
         };
         match root.mode {
@@ -205,6 +224,7 @@ impl Cgroup {
                 cg.memory = v1("memory");
                 cg.cpu = v1("cpu");
                 cg.pids = v1("pids");
+                cg.devices = v1("devices");
                 if root.mode == CgroupMode::V1 {
                     // No cgroup.kill/cgroup.freeze without cgroup2: keep a
                     // freezer so kill_all can stop forks while it kills.
@@ -232,6 +252,7 @@ impl Cgroup {
             }
         }
         cg.apply_limits(limits, existed)?;
+        cg.apply_device_rules()?;
         Ok(cg)
     }
 
@@ -259,6 +280,7 @@ impl Cgroup {
             &self.cpu,
             &self.pids,
             &self.freezer,
+            &self.devices,
             &self.unified,
         ]
         .into_iter()
@@ -423,6 +445,21 @@ impl Cgroup {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// v1 devices: deny everything, then allow what Docker allows. Without
+    /// this, CAP_MKNOD (in the default set) would let the container's root
+    /// create and open the host's disks. On v2 the same policy needs an
+    /// eBPF device program, which is not implemented yet.
+    fn apply_device_rules(&self) -> Result<(), RuntimeError> {
+        let Some(dir) = &self.devices else {
+            return Ok(());
+        };
+        self.write(dir, "devices.deny", "a")?;
+        for rule in DEVICE_ALLOW {
+            self.write(dir, "devices.allow", rule)?;
+        }
+        Ok(())
     }
 
     /// Moves `pid` (all its threads) into every hierarchy.
@@ -627,6 +664,7 @@ mod tests {
                     Some("cpu") => files.extend(["cpu.cfs_quota_us", "cpu.cfs_period_us"]),
                     Some("pids") => files.push("pids.max"),
                     Some("freezer") => files.push("freezer.state"),
+                    Some("devices") => files.extend(["devices.allow", "devices.deny"]),
                     Some("unified") => files.push("cgroup.kill"),
                     _ => {}
                 },
@@ -705,7 +743,7 @@ mod tests {
                 std::fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
             }
             _ => {
-                for c in ["memory", "cpu", "pids", "freezer"] {
+                for c in ["memory", "cpu", "pids", "freezer", "devices"] {
                     std::fs::create_dir(dir.join(c)).unwrap();
                 }
                 if mode == CgroupMode::Hybrid {
@@ -812,13 +850,13 @@ mod tests {
         };
         let cg = Cgroup::create_in(&root, "berth/c1", &limits).unwrap();
         let p = |c: &str| tmp.0.join(c).join("berth/c1");
-        let expected = [p("memory"), p("cpu"), p("pids"), p("unified")];
+        let expected = [p("memory"), p("cpu"), p("pids"), p("devices"), p("unified")];
         assert_eq!(
             cg.dirs(),
             expected.iter().map(|p| p.as_path()).collect::<Vec<_>>()
         );
         assert_eq!(cg.cgroup2_dir(), Some(p("unified").as_path()));
-        assert_eq!(cg.v1_dirs().len(), 3);
+        assert_eq!(cg.v1_dirs().len(), 4);
         assert_eq!(read(p("memory").join("memory.limit_in_bytes")), "16777216");
         assert_eq!(
             read(p("memory").join("memory.memsw.limit_in_bytes")),
@@ -826,9 +864,17 @@ mod tests {
         );
         assert_eq!(read(p("cpu").join("cpu.cfs_quota_us")), "150000");
         assert_eq!(read(p("pids").join("pids.max")), "20");
-        // New cgroup: only the limits that were asked for are written.
+        // New cgroup: only the limits that were asked for are written,
+        // plus the device rules (deny all, then the allow list).
         let writes = fs.writes.lock().unwrap().clone();
-        assert_eq!(writes.len(), 4, "{writes:?}");
+        assert_eq!(writes.len(), 4 + 1 + DEVICE_ALLOW.len(), "{writes:?}");
+        let devices: Vec<&str> = writes
+            .iter()
+            .filter(|(path, _)| path.starts_with(p("devices")))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(devices[0], "a");
+        assert_eq!(&devices[1..], &DEVICE_ALLOW[..]);
 
         std::fs::write(
             p("memory").join("memory.oom_control"),
@@ -855,10 +901,10 @@ mod tests {
     fn v1_has_freezer_and_no_unified() {
         let (tmp, _fs, root) = fake_root(CgroupMode::V1);
         let cg = Cgroup::create_in(&root, "berth/v", &CgroupLimits::default()).unwrap();
-        assert_eq!(cg.dirs().len(), 4);
+        assert_eq!(cg.dirs().len(), 5);
         assert!(cg.dirs().contains(&tmp.0.join("freezer/berth/v").as_path()));
         assert_eq!(cg.cgroup2_dir(), None);
-        assert_eq!(cg.v1_dirs().len(), 4);
+        assert_eq!(cg.v1_dirs().len(), 5);
         // Empty cgroup: the SIGKILL sweep ends at once.
         cg.kill_all(libc::SIGKILL).unwrap();
         assert_eq!(read(tmp.0.join("freezer/berth/v/freezer.state")), "THAWED");
@@ -877,7 +923,8 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(cg.dirs().len(), 3);
+        // memory, cpu, devices, unified
+        assert_eq!(cg.dirs().len(), 4);
     }
 
     #[test]

@@ -127,7 +127,12 @@ pub fn exec_in_container(
         cgroup: cg_fd,
         ..Default::default()
     };
+    // As in spawn_container: let the child run on our CPU right away.
+    let pin = sys::CpuPin::here();
     let cloned = sys::clone3(&mut args);
+    if let Some(pin) = &pin {
+        pin.restore();
+    }
     if cloned == Ok(0) {
         sys::close(report_r.as_raw_fd());
         exec_child(&mut prepared, report_w.as_raw_fd());

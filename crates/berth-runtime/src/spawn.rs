@@ -366,18 +366,24 @@ pub fn spawn_container(
         cgroup: cg_fd,
         ..Default::default()
     };
-    let mut orig: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let pinned = std::env::var_os("BERTH_PIN").is_some() && unsafe {
-        let cpu = libc::sched_getcpu();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut orig) == 0 && cpu >= 0 && {
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu as usize, &mut one);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) == 0
-        }
+    // With nothing to do in parallel, run the child on our CPU: it starts
+    // the moment we block on the report pipe instead of waiting for an
+    // idle (in a VM possibly halted) CPU to wake up, which cost up to a few
+    // ms per spawn here when the machine was quiet. With a bridge the
+    // parent plugs in the veth pair while the child builds its mounts, so
+    // both CPUs are welcome.
+    let pin = if bridge.is_none() {
+        sys::CpuPin::here()
+    } else {
+        None
     };
-    let pid = sys::clone3(&mut args)
-        .map_err(|e| RuntimeError::sys("clone3", std::io::Error::from_raw_os_error(e)))?;
-    if pinned { unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &orig); } }
+    let cloned = sys::clone3(&mut args);
+    if let Some(pin) = &pin {
+        // Both the parent and the child go back to the full set.
+        pin.restore();
+    }
+    let pid =
+        cloned.map_err(|e| RuntimeError::sys("clone3", std::io::Error::from_raw_os_error(e)))?;
     if pid == 0 {
         // Child. Drop our copies of the parent's pipe ends so a dead
         // parent reads as EOF on the sync pipe.

@@ -495,3 +495,44 @@ pub(crate) fn thread_count() -> Option<u64> {
     let rest = std::str::from_utf8(&text[close_paren + 1..]).ok()?;
     rest.split_ascii_whitespace().nth(17)?.parse().ok()
 }
+
+/// The calling thread's CPU affinity, saved so it can be restored after
+/// pinning to the current CPU for a clone (see `spawn`).
+pub(crate) struct CpuPin {
+    saved: libc::cpu_set_t,
+}
+
+impl CpuPin {
+    /// Pins the calling thread to the CPU it is running on. None if the
+    /// kernel does not tell us (then nothing changed).
+    pub fn here() -> Option<CpuPin> {
+        // SAFETY: sched_getcpu has no arguments.
+        let cpu = unsafe { libc::sched_getcpu() };
+        if cpu < 0 || cpu as usize >= libc::CPU_SETSIZE as usize {
+            return None;
+        }
+        // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+        let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: saved is a valid out buffer of `size` bytes.
+        if unsafe { libc::sched_getaffinity(0, size, &mut saved) } != 0 {
+            return None;
+        }
+        // SAFETY: as above.
+        let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: cpu was bounds-checked against CPU_SETSIZE above.
+        unsafe { libc::CPU_SET(cpu as usize, &mut one) };
+        // SAFETY: one is a valid cpu set of `size` bytes.
+        if unsafe { libc::sched_setaffinity(0, size, &one) } != 0 {
+            return None;
+        }
+        Some(CpuPin { saved })
+    }
+
+    /// Restores the saved affinity (in the parent, and in the child).
+    pub fn restore(&self) {
+        // SAFETY: saved is a valid cpu set; failure leaves the pin, which
+        // only costs parallelism.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.saved) };
+    }
+}

@@ -411,6 +411,29 @@ fn dev_tree(fx: &Fixture) -> TestResult {
     Ok(())
 }
 
+fn device_access(fx: &Fixture) -> TestResult {
+    // CAP_MKNOD is in the default set: the node can be made, but the
+    // devices cgroup must refuse opening the host's disk through it.
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata("/").unwrap());
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let o = run(&sh(
+        fx,
+        &format!(
+            "mknod /tmp/disk b {major} {minor} && echo mknod-ok; \
+             head -c 1 /tmp/disk >/dev/null && echo read-ok || echo read-denied; \
+             mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo mem-ok || echo mem-denied); \
+             head -c 1 /dev/urandom | wc -c"
+        ),
+    ))?;
+    expect_ok(&o)?;
+    let lines: Vec<&str> = o.out.lines().map(str::trim).collect();
+    ensure!(
+        lines == ["mknod-ok", "read-denied", "mem-denied", "1"],
+        "got {lines:?}"
+    );
+    Ok(())
+}
+
 fn capabilities_nnp_seccomp(fx: &Fixture) -> TestResult {
     let script = "grep -E '^(Cap[A-Za-z]+|NoNewPrivs|Seccomp):' /proc/self/status";
     let o = run(&sh(fx, script))?;
@@ -1088,6 +1111,7 @@ fn main() {
         ("namespaces_hostname_pid1", namespaces_hostname_pid1),
         ("masked_and_readonly_paths", masked_and_readonly_paths),
         ("dev_tree", dev_tree),
+        ("device_access", device_access),
         ("capabilities_nnp_seccomp", capabilities_nnp_seccomp),
         ("user_cwd_env", user_cwd_env),
         ("exec_errors", exec_errors),

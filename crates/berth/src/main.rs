@@ -49,6 +49,9 @@ fn main() {
 fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
+        if cause.is::<cli::ExitCode>() {
+            continue;
+        }
         let s = cause.to_string();
         if !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);

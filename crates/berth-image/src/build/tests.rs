@@ -537,6 +537,41 @@ fn multi_stage_copy_from() {
 }
 
 #[test]
+fn copying_a_tree_onto_symlinked_dirs_keeps_the_links() {
+    let f = fx();
+    f.base();
+    f.write("rootfs/bin/tool", "T");
+    f.write("rootfs/etc/app.conf", "C");
+    f.write("Containerfile", "FROM base:1\nCOPY rootfs/ /\n");
+    let runner = FakeRunner::new(0);
+    let img = f.build(&runner, &f.opts(None)).0.unwrap();
+    let t = f.tree(&img);
+    assert!(t
+        .lookup(Path::new("bin"))
+        .unwrap()
+        .unwrap()
+        .meta
+        .file_type()
+        .is_symlink());
+    assert_eq!(read(&t, "usr/bin/tool").as_deref(), Some("T"));
+    assert_eq!(read(&t, "usr/bin/sh").as_deref(), Some("#!"));
+    assert_eq!(read(&t, "etc/app.conf").as_deref(), Some("C"));
+    assert!(read(&t, "etc/passwd").is_some());
+}
+
+#[test]
+fn copy_from_itself_is_an_error() {
+    let f = fx();
+    f.write("Containerfile", "FROM scratch AS a\nCOPY --from=a /x /y\n");
+    let runner = FakeRunner::new(0);
+    let err = f.build(&runner, &f.opts(None)).0.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "Containerfile:2: COPY: --from=a: a stage cannot copy from itself"
+    );
+}
+
+#[test]
 fn add_extracts_local_archives() {
     let f = fx();
     let tar = TarBuilder::new()
