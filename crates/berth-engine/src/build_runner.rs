@@ -58,6 +58,9 @@ impl StepRunner for ShimStepRunner {
                     upperdir: step.upper.to_path_buf(),
                     workdir: step.work.to_path_buf(),
                     mountpoint,
+                    // The upper directory becomes a layer through a fresh
+                    // tar with its own fsync; the mount itself needs none.
+                    volatile: true,
                 },
                 args: step.args.clone(),
                 env: step.env.clone(),

@@ -4,7 +4,7 @@
 //! need container knowledge (commit, diff, in-use checks).
 
 use crate::error::EngineError;
-use crate::fsutil::{now_unix, process_matches, write_atomic};
+use crate::fsutil::{now_unix, process_matches, replace_atomic};
 use crate::ipam::Ipam;
 use crate::logs::LogLimits;
 use crate::paths::{ContainerPaths, DataDir};
@@ -203,7 +203,7 @@ impl Engine {
         let path = self.paths(&rec.id).record();
         match serde_json::to_vec_pretty(rec) {
             Ok(bytes) => {
-                if let Err(e) = write_atomic(&path, &bytes) {
+                if let Err(e) = replace_atomic(&path, &bytes) {
                     tracing::error!(container = %rec.id, error = %e, "persisting container record");
                 }
             }
@@ -501,6 +501,7 @@ impl Engine {
                     upperdir: paths.upper(),
                     workdir: paths.work(),
                     mountpoint: paths.rootfs(),
+                    volatile: rec.config.auto_remove,
                 },
                 args: rec.args.clone(),
                 env: rec.env.clone(),
@@ -596,7 +597,7 @@ impl Engine {
     ) -> Result<(tokio::process::Child, ShimReport), EngineError> {
         let bytes = serde_json::to_vec(spec)
             .map_err(|e| EngineError::internal("serializing shim spec", e))?;
-        write_atomic(&paths.spec(), &bytes)
+        replace_atomic(&paths.spec(), &bytes)
             .map_err(|e| EngineError::internal(format!("writing {}", paths.spec().display()), e))?;
         let shim_log = std::fs::File::create(paths.shim_log()).map_err(|e| {
             EngineError::internal(format!("creating {}", paths.shim_log().display()), e)
@@ -709,7 +710,9 @@ impl Engine {
         for p in proxies {
             p.abort();
         }
-        self.persist(&rec);
+        if !rec.config.auto_remove {
+            self.persist(&rec);
+        }
         tracing::info!(container = %id, code = rec.exit_code.unwrap_or(-1), oom = rec.oom_killed, "exited");
         if rec.config.auto_remove {
             if let Err(e) = self.remove_inner(id).await {
@@ -1112,10 +1115,16 @@ impl Engine {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             let Some(mut rec) = rec else {
-                // A create that crashed before writing its record: no user
-                // ever saw this container, so it is removed.
-                tracing::warn!(dir = %dir.display(), "removing half-created container directory");
-                let _ = std::fs::remove_dir_all(&dir);
+                if paths.record().exists() {
+                    // Unreadable (torn by a power loss): keep the directory,
+                    // which may hold the user's data, and say so.
+                    tracing::error!(dir = %dir.display(), "container record unreadable; left in place");
+                } else {
+                    // A create that crashed before writing its record: no
+                    // user ever saw this container, so it is removed.
+                    tracing::warn!(dir = %dir.display(), "removing half-created container directory");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 continue;
             };
             let mut shim_fd = None;

@@ -11,7 +11,7 @@
 //! restart without taking containers down; a restarted daemon re-adopts
 //! running containers through their shims.
 
-use crate::fsutil::{now_unix, process_start_time, write_atomic};
+use crate::fsutil::{now_unix, process_start_time, replace_atomic};
 use crate::logs::{self, LogLimits, LogWriter, Tail};
 use crate::spec::{ExitRecord, ShimReport, ShimSpec};
 use berth_api::frame::{read_frame, write_frame, FrameKind};
@@ -281,7 +281,7 @@ fn run_detached(spec: &ShimSpec) -> Result<(), (String, i32)> {
         finished_at: now_unix(),
         ..exit
     };
-    if let Err(e) = write_atomic(
+    if let Err(e) = replace_atomic(
         &spec.exit_path,
         &serde_json::to_vec(&record).unwrap_or_default(),
     ) {

@@ -94,6 +94,7 @@ fn main() {
                 upperdir: base.join("upper"),
                 workdir: base.join("work"),
                 mountpoint: base.join("mnt"),
+                volatile: false,
             },
             args: vec!["true".into()],
             env: vec!["PATH=/bin".into()],
@@ -161,7 +162,7 @@ fn main() {
             stats("runc run (create+start+wait+delete)", &mut runc);
         }
     }
-    for h in ["memory", "cpu", "pids", "unified", ""] {
+    for h in ["memory", "cpu", "pids", "devices", "unified", ""] {
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(h).join("berth-bench"));
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -76,6 +76,8 @@ pub trait CgroupFs: fmt::Debug + Send + Sync {
     /// Writes to an existing control file (never creates one).
     fn write(&self, path: &Path, data: &str) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// cgroup v2: attaches the default device filter (eBPF) to `dir`.
+    fn attach_device_filter(&self, dir: &Path) -> io::Result<()>;
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -106,6 +108,9 @@ impl CgroupFs for RealFs {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
+    fn attach_device_filter(&self, dir: &Path) -> io::Result<()> {
+        crate::devices::attach_default_filter(dir)
+    }
 }
 
 /// Where the cgroup filesystem is and how it is laid out.
@@ -129,18 +134,20 @@ impl CgroupRoot {
 
 /// Docker's default device allow list (after denying everything): mknod
 /// of anything, and read/write on the standard nodes, pty slaves and tun.
-pub const DEVICE_ALLOW: [&str; 11] = [
+/// Everything else (disks, /dev/fuse, /dev/kmsg, ...) cannot be opened.
+pub const DEVICE_ALLOW: [&str; 12] = [
     "c *:* m",
     "b *:* m",
-    "c 1:3 rwm",   // null
-    "c 1:5 rwm",   // zero
-    "c 1:7 rwm",   // full
-    "c 1:8 rwm",   // random
-    "c 1:9 rwm",   // urandom
-    "c 5:0 rwm",   // tty
-    "c 5:1 rwm",   // console
-    "c 5:2 rwm",   // ptmx
-    "c 136:* rwm", // pts
+    "c 1:3 rwm",    // null
+    "c 1:5 rwm",    // zero
+    "c 1:7 rwm",    // full
+    "c 1:8 rwm",    // random
+    "c 1:9 rwm",    // urandom
+    "c 5:0 rwm",    // tty
+    "c 5:1 rwm",    // console
+    "c 5:2 rwm",    // ptmx
+    "c 136:* rwm",  // pts
+    "c 10:200 rwm", // tun
 ];
 
 /// The v2 controllers we enable for containers.
@@ -245,7 +252,14 @@ impl Cgroup {
         let cg = Self::layout(root, name)?;
         let mut existed = false;
         if root.mode == CgroupMode::V2 {
-            existed |= !cg.create_v2_tree(&root.path)?;
+            let created = cg.create_v2_tree(&root.path)?;
+            existed |= !created;
+            if let (true, Some(dir)) = (created, &cg.unified) {
+                // Once per cgroup: attaching again would stack copies.
+                cg.fs
+                    .attach_device_filter(dir)
+                    .map_err(io_err("attach device filter to", dir))?;
+            }
         } else {
             for dir in cg.dirs() {
                 existed |= !cg.mkdir_p(dir)?;
@@ -709,6 +723,13 @@ mod tests {
         fn exists(&self, path: &Path) -> bool {
             path.exists()
         }
+        fn attach_device_filter(&self, dir: &Path) -> io::Result<()> {
+            self.writes
+                .lock()
+                .unwrap()
+                .push((dir.to_path_buf(), "<device filter>".to_string()));
+            Ok(())
+        }
     }
 
     struct TmpDir(PathBuf);
@@ -788,11 +809,21 @@ mod tests {
         assert_eq!(read(leaf.join("memory.swap.max")), "0");
         assert_eq!(read(leaf.join("cpu.max")), "50000 100000");
         assert_eq!(read(leaf.join("pids.max")), "10");
+        let filters = |fs: &FakeFs| {
+            fs.writes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(p, v)| p == &leaf && v == "<device filter>")
+                .count()
+        };
+        assert_eq!(filters(&fs), 1, "device filter attached once");
         // The leaf's own subtree_control is left alone (no internal processes).
         assert_eq!(read(leaf.join("cgroup.subtree_control")), "");
 
         // Idempotent: creating again with no limits resets them.
         Cgroup::create_in(&root, "berth/abc", &CgroupLimits::default()).unwrap();
+        assert_eq!(filters(&fs), 1, "not attached again");
         assert_eq!(read(leaf.join("memory.max")), "max");
         assert_eq!(read(leaf.join("memory.swap.max")), "max");
         assert_eq!(read(leaf.join("cpu.max")), "max 100000");
@@ -940,7 +971,7 @@ mod tests {
         assert!(
             writes
                 .iter()
-                .all(|(p, _)| p.ends_with("cgroup.subtree_control")),
+                .all(|(p, v)| p.ends_with("cgroup.subtree_control") || v == "<device filter>"),
             "{writes:?}"
         );
         assert_eq!(read(tmp.0.join("z/memory.max")), "");

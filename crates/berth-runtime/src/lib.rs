@@ -27,6 +27,7 @@
 pub mod caps;
 pub mod cgroup;
 mod child;
+pub mod devices;
 pub mod error;
 pub mod etc;
 pub mod exec;

@@ -185,6 +185,28 @@ fn prepare_overlay(rootfs: &RootfsSpec) -> Result<OwnedFd, RuntimeError> {
     }
     set(c"upperdir", &rootfs.upperdir)?;
     set(c"workdir", &rootfs.workdir)?;
+    // Layers are made from upper directories by reading them as plain
+    // trees: no redirect or metacopy xattrs may appear there.
+    for key in [c"redirect_dir", c"metacopy"] {
+        sys::fsconfig_string(fd, key, c"off").map_err(|e| {
+            RuntimeError::io(
+                "overlay option",
+                format!("{}=off", key.to_string_lossy()),
+                std::io::Error::from_raw_os_error(e),
+            )
+        })?;
+    }
+    if rootfs.volatile {
+        // No sync of the whole host filesystem at unmount: for containers
+        // whose upper directory is thrown away anyway (run --rm, builds).
+        sys::fsconfig_flag(fd, c"volatile").map_err(|e| {
+            RuntimeError::io(
+                "overlay option",
+                "volatile",
+                std::io::Error::from_raw_os_error(e),
+            )
+        })?;
+    }
     sys::fsconfig_create(fd).map_err(|e| {
         let log = fs_context_log(fd);
         let source = std::io::Error::from_raw_os_error(e);

@@ -16,6 +16,10 @@ pub struct RootfsSpec {
     pub upperdir: PathBuf,
     pub workdir: PathBuf,
     pub mountpoint: PathBuf,
+    /// Mount with overlayfs `volatile`: no sync at unmount; for upper
+    /// directories that are discarded afterwards.
+    #[serde(default)]
+    pub volatile: bool,
 }
 
 /// A host path bound into the container (`-v /src:/dst[:ro]`), recursively.
@@ -56,7 +60,8 @@ pub struct ContainerSpec {
     pub userns: bool,
     /// stdio are a pty slave: the process gets it as controlling terminal.
     pub tty: bool,
-    /// Extra /etc/hosts lines (`--add-host name:address`).
+    /// Extra /etc/hosts entries as (hostname, address), from
+    /// `--add-host name:address`.
     pub extra_hosts: Vec<(String, String)>,
 }
 
@@ -102,3 +107,50 @@ pub const USERNS_SIZE: u32 = 65_536;
 
 /// The PATH used when the environment has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<ContainerSpec>();
+        check::<ExecSpec>();
+        check::<Spawned>();
+        check::<crate::Cgroup>();
+        check::<crate::CgroupLimits>();
+        check::<crate::RuntimeError>();
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let spec = ContainerSpec {
+            id: "abc".into(),
+            hostname: "abc".into(),
+            rootfs: RootfsSpec {
+                lowerdirs: vec!["/l1".into(), "/l0".into()],
+                upperdir: "/u".into(),
+                workdir: "/w".into(),
+                mountpoint: "/m".into(),
+                volatile: false,
+            },
+            args: vec!["true".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: "1000:1000".into(),
+            mounts: vec![BindMount {
+                source: "/data".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
+            network: NetworkSetup::None,
+            userns: false,
+            tty: false,
+            extra_hosts: vec![("db".into(), "10.0.0.2".into())],
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: ContainerSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    }
+}

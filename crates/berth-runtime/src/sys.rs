@@ -18,6 +18,7 @@ pub(crate) const OPEN_TREE_CLOEXEC: c_uint = libc::O_CLOEXEC as c_uint;
 pub(crate) const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
 pub(crate) const FSOPEN_CLOEXEC: c_uint = 1;
 pub(crate) const FSMOUNT_CLOEXEC: c_uint = 1;
+pub(crate) const FSCONFIG_SET_FLAG: c_uint = 0;
 pub(crate) const FSCONFIG_SET_STRING: c_uint = 1;
 pub(crate) const FSCONFIG_CMD_CREATE: c_uint = 6;
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
@@ -415,6 +416,21 @@ pub(crate) fn fsconfig_string(fd: RawFd, key: &CStr, value: &CStr) -> SysResult 
     check_long(rc).map(drop)
 }
 
+pub(crate) fn fsconfig_flag(fd: RawFd, key: &CStr) -> SysResult {
+    // SAFETY: key is a valid C string; flags take no value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fd,
+            FSCONFIG_SET_FLAG,
+            key.as_ptr(),
+            ptr::null::<c_char>(),
+            0 as c_int,
+        )
+    };
+    check_long(rc).map(drop)
+}
+
 pub(crate) fn fsconfig_create(fd: RawFd) -> SysResult {
     // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
     let rc = unsafe {
@@ -535,4 +551,89 @@ impl CpuPin {
         // only costs parallelism.
         unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.saved) };
     }
+}
+
+const BPF_PROG_LOAD: c_int = 5;
+const BPF_PROG_ATTACH: c_int = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD; the rest of
+/// the 128 bytes we pass stays zero, which the kernel requires.
+#[repr(C)]
+struct BpfProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    pad: [u8; 88],
+}
+
+#[repr(C)]
+struct BpfProgAttach {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    pad: [u8; 112],
+}
+
+/// Loads a BPF_PROG_TYPE_CGROUP_DEVICE program; returns its fd.
+pub(crate) fn bpf_load_cgroup_device(insns: &[crate::devices::BpfInsn]) -> SysResult<RawFd> {
+    let license = c"Apache-2.0";
+    let attr = BpfProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        pad: [0; 88],
+    };
+    // SAFETY: attr is a zero-padded bpf_attr whose pointers (insns,
+    // license) stay valid for the call; the kernel copies what it needs.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const BpfProgLoad,
+            std::mem::size_of::<BpfProgLoad>() as c_uint,
+        )
+    };
+    // The program fd must not leak into containers.
+    let fd = check_long(rc)? as RawFd;
+    // SAFETY: fd is the program fd we just got.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
+}
+
+/// Attaches a device program to a cgroup2 directory (BPF_F_ALLOW_MULTI:
+/// ancestors' programs keep running too).
+pub(crate) fn bpf_attach_cgroup_device(cgroup_fd: RawFd, prog_fd: RawFd) -> SysResult {
+    let attr = BpfProgAttach {
+        target_fd: cgroup_fd as u32,
+        attach_bpf_fd: prog_fd as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        pad: [0; 112],
+    };
+    // SAFETY: attr is a zero-padded bpf_attr with plain integer fields.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const BpfProgAttach,
+            std::mem::size_of::<BpfProgAttach>() as c_uint,
+        )
+    };
+    check_long(rc).map(drop)
 }

@@ -151,6 +151,7 @@ impl Fixture {
                 upperdir: base.join("upper"),
                 workdir: base.join("work"),
                 mountpoint: base.join("mnt"),
+                volatile: false,
             },
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec![
@@ -412,23 +413,76 @@ fn dev_tree(fx: &Fixture) -> TestResult {
 }
 
 fn device_access(fx: &Fixture) -> TestResult {
-    // CAP_MKNOD is in the default set: the node can be made, but the
-    // devices cgroup must refuse opening the host's disk through it.
-    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata("/").unwrap());
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    // CAP_MKNOD is in the default set: any node can be made, but only the
+    // allow-listed ones opened. /dev/fuse (10:229) opens fine on the host
+    // and is not on Docker's list; tun (10:200) is.
     let o = run(&sh(
         fx,
-        &format!(
-            "mknod /tmp/disk b {major} {minor} && echo mknod-ok; \
-             head -c 1 /tmp/disk >/dev/null && echo read-ok || echo read-denied; \
-             mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo mem-ok || echo mem-denied); \
-             head -c 1 /dev/urandom | wc -c"
-        ),
+        "mknod /tmp/fuse c 10 229 && echo mknod-ok; \
+         (exec 3</tmp/fuse) 2>/dev/null && echo fuse-open || echo fuse-denied; \
+         mknod /tmp/tun c 10 200 && (exec 3<>/tmp/tun) 2>/dev/null && echo tun-open || echo tun-denied; \
+         head -c 1 /dev/urandom | wc -c",
     ))?;
     expect_ok(&o)?;
     let lines: Vec<&str> = o.out.lines().map(str::trim).collect();
     ensure!(
-        lines == ["mknod-ok", "read-denied", "mem-denied", "1"],
+        lines == ["mknod-ok", "fuse-denied", "tun-open", "1"],
+        "got {lines:?}"
+    );
+    Ok(())
+}
+
+/// The cgroup v2 device filter (eBPF), tested on this hybrid host: the v1
+/// devices rules are lifted so only the program attached to the cgroup2
+/// directory decides.
+fn device_access_v2_filter(fx: &Fixture) -> TestResult {
+    let spec = sh(
+        fx,
+        "mknod /tmp/fuse c 10 229 && echo mknod-ok; \
+         (exec 3</tmp/fuse) 2>/dev/null && echo fuse-open || echo fuse-denied; \
+         mknod /tmp/tun c 10 200 && (exec 3<>/tmp/tun) 2>/dev/null && echo tun-open || echo tun-denied; \
+         head -c 1 /dev/urandom | wc -c; echo x > /dev/null && echo null-ok",
+    );
+    let cgroup =
+        Cgroup::create(&cgroup_name(&spec), &CgroupLimits::default()).map_err(|e| e.to_string())?;
+    let mut running = Running { cgroup, pid: None };
+    let dirs: Vec<PathBuf> = running
+        .cgroup
+        .dirs()
+        .iter()
+        .map(|p| p.to_path_buf())
+        .collect();
+    let Some(unified) = dirs
+        .iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/unified"))
+    else {
+        println!("    (no cgroup2 directory on this host: skipped)");
+        return Ok(());
+    };
+    if let Some(devices) = dirs
+        .iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/devices"))
+    {
+        std::fs::write(devices.join("devices.allow"), "a").map_err(|e| e.to_string())?;
+    }
+    berth_runtime::devices::attach_default_filter(unified).map_err(|e| format!("attach: {e}"))?;
+    let (r, w) = pipe();
+    let devnull = File::open("/dev/null").unwrap();
+    let spawned = spawn_container(
+        &spec,
+        &running.cgroup,
+        [devnull.as_raw_fd(), w.as_raw_fd(), w.as_raw_fd()],
+    )
+    .map_err(|e| e.to_string())?;
+    running.pid = Some(spawned.pid);
+    drop(w);
+    let mut out = String::new();
+    File::from(r).read_to_string(&mut out).unwrap();
+    let status = running.wait();
+    ensure!(status == Status::Exited(0), "status {status:?}: {out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    ensure!(
+        lines == ["mknod-ok", "fuse-denied", "tun-open", "1", "null-ok"],
         "got {lines:?}"
     );
     Ok(())
@@ -1088,7 +1142,7 @@ fn mount_lines() -> BTreeSet<String> {
 }
 
 fn cleanup_cgroup_parents() {
-    for h in ["memory", "cpu", "pids", "freezer", "unified", ""] {
+    for h in ["memory", "cpu", "pids", "freezer", "devices", "unified", ""] {
         let dir = Path::new("/sys/fs/cgroup").join(h).join(CGROUP_PARENT);
         let _ = std::fs::remove_dir(dir);
     }
@@ -1112,6 +1166,7 @@ fn main() {
         ("masked_and_readonly_paths", masked_and_readonly_paths),
         ("dev_tree", dev_tree),
         ("device_access", device_access),
+        ("device_access_v2_filter", device_access_v2_filter),
         ("capabilities_nnp_seccomp", capabilities_nnp_seccomp),
         ("user_cwd_env", user_cwd_env),
         ("exec_errors", exec_errors),
