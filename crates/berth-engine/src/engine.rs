@@ -372,6 +372,18 @@ impl Engine {
             std::fs::create_dir_all(paths.upper())?;
             std::fs::create_dir_all(paths.work())?;
             std::fs::create_dir_all(paths.rootfs())?;
+            if rec.config.userns {
+                // Root in the container is this unprivileged host id: it
+                // must own the directories the overlay writes to.
+                let id = berth_runtime::spec::USERNS_HOST_BASE;
+                let owner = (
+                    Some(nix::unistd::Uid::from_raw(id)),
+                    Some(nix::unistd::Gid::from_raw(id)),
+                );
+                for d in [paths.upper(), paths.work(), paths.rootfs()] {
+                    nix::unistd::chown(&d, owner.0, owner.1).map_err(std::io::Error::from)?;
+                }
+            }
             Ok(())
         })();
         if let Err(e) = made {

@@ -399,3 +399,21 @@ fn text_is_joined_source() {
     assert_eq!(got[1].text, "RUN echo   hi");
     assert_eq!(got[1].keyword, "RUN");
 }
+
+#[test]
+fn empty_continuation_lines_are_skipped() {
+    // As in Docker: a blank line inside a continuation does not end it.
+    let got = parse_all("FROM a\nRUN a \\\n\n   \n  b\nRUN c").unwrap_or_default();
+    assert_eq!(got[1], "2:RUN shell(a   b)");
+    assert_eq!(got[2], "6:RUN shell(c)");
+    // A continuation at the end of the file just ends the instruction.
+    let got = parse_all("FROM a\nRUN a \\").unwrap_or_default();
+    assert_eq!(got[1], "2:RUN shell(a)");
+}
+
+#[test]
+fn flags_are_only_leading_words() {
+    let got = parse_all("FROM a\nCOPY --chown=1 --chmod=644 a --chown=2 /d/").unwrap_or_default();
+    assert_eq!(got[1], "2:COPY a|--chown=2 -> /d/ chown=1 chmod=644");
+    assert_eq!(split_words_limit("a b c", '\\', 1), vec!["a"]);
+}
