@@ -86,6 +86,9 @@ fn measure(n: usize, mut f: impl FnMut(usize) -> bool) -> Stats {
 }
 
 fn row(name: &str, s: &Stats) {
+    if s.failures > 0 {
+        eprintln!("warning: {name}: {} of the iterations failed", s.failures);
+    }
     println!(
         "| {name:<44} | {:>9.1} | {:>9.1} | {:>9.1} | {:>3} |",
         s.median.as_secs_f64() * 1e3,
@@ -253,14 +256,20 @@ fn debian_tarball() -> anyhow::Result<PathBuf> {
     if !which("mmdebstrap") {
         bail!("mmdebstrap is not installed: apt-get install mmdebstrap, or pass --tarball");
     }
-    let tmp = cache.with_extension("partial");
+    // mmdebstrap picks the output format from the name: keep ".tar".
+    let tmp = cache.with_file_name("bookworm-minbase.partial.tar");
     let ok = Command::new("mmdebstrap")
         .args(["--variant=minbase", "--quiet", "bookworm"])
         .arg(&tmp)
         .status()?
         .success();
-    if !ok {
-        bail!("mmdebstrap failed");
+    if !ok
+        || !std::fs::metadata(&tmp)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+    {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("mmdebstrap failed to write {}", tmp.display());
     }
     std::fs::rename(&tmp, &cache)?;
     Ok(cache)
