@@ -103,8 +103,8 @@ pub async fn attach(
 }
 
 /// Copies client input to the shim as is, and the shim's frames to the
-/// client; for an auto-removed container the exit frame is held back
-/// until the container is gone, so `run --rm` returns with nothing left.
+/// client; the exit frame is held back until the engine has recorded the
+/// exit (and removed an auto-removed container).
 async fn splice<C>(e: AppState, id: String, client: C, shim: UnixStream)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -143,13 +143,13 @@ where
         }
     }
     upstream.abort();
+    // The exit goes to the client only once the engine has recorded it (and,
+    // for --rm, removed the container), so whatever the client does next
+    // (inspect, ps, run again with the same name) sees the final state.
     let removed = e.auto_remove(&id);
-    let exit = match exit {
-        Some(f) if !removed => f,
-        _ => match e.wait(&id, removed).await {
-            Ok((code, oom)) => Frame::exit(code, oom),
-            Err(_) => exit.unwrap_or_else(|| Frame::exit(255, false)),
-        },
+    let exit = match e.wait(&id, removed).await {
+        Ok((code, oom)) => Frame::exit(code, oom),
+        Err(_) => exit.unwrap_or_else(|| Frame::exit(255, false)),
     };
     let _ = client_wr.write_all(&exit.encode()).await;
     let _ = client_wr.shutdown().await;
