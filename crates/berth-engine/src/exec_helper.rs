@@ -4,7 +4,8 @@
 //! and its exit code is the command's.
 
 use berth_runtime::cgroup::Cgroup;
-use berth_runtime::exec::{exec_in_container, ExecSpec};
+use berth_runtime::exec::ExecSpec;
+use berth_runtime::ContainerRuntime;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ pub struct ExecArgs {
     pub tty: bool,
 }
 
-pub fn exec_main(json: &str) -> i32 {
+pub fn exec_main(rt: &dyn ContainerRuntime, json: &str) -> i32 {
     let args: ExecArgs = match serde_json::from_str(json) {
         Ok(a) => a,
         Err(e) => {
@@ -47,7 +48,7 @@ pub fn exec_main(json: &str) -> i32 {
         tty: args.tty,
     };
     if !args.tty {
-        return match exec_in_container(&spec, &cgroup, [0, 1, 2]) {
+        return match rt.exec(&spec, &cgroup, [0, 1, 2]) {
             Ok(pid) => wait_code(pid),
             Err(e) => fail(&e),
         };
@@ -60,7 +61,7 @@ pub fn exec_main(json: &str) -> i32 {
         }
     };
     let slave = pty.slave.as_raw_fd();
-    let pid = match exec_in_container(&spec, &cgroup, [slave, slave, slave]) {
+    let pid = match rt.exec(&spec, &cgroup, [slave, slave, slave]) {
         Ok(pid) => pid,
         Err(e) => return fail(&e),
     };

@@ -16,6 +16,7 @@ use crate::logs::{self, LogLimits, LogWriter, Tail};
 use crate::spec::{ExitRecord, ShimReport, ShimSpec};
 use berth_api::frame::{read_frame, write_frame, FrameKind};
 use berth_runtime::cgroup::Cgroup;
+use berth_runtime::ContainerRuntime;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use std::fs::File;
@@ -27,18 +28,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Entry point of `berth __shim`. Returns the process exit code.
-pub fn shim_main(bundle: &Path, foreground: bool) -> i32 {
+pub fn shim_main(rt: &dyn ContainerRuntime, bundle: &Path, foreground: bool) -> i32 {
     let spec = match read_spec(bundle) {
         Ok(s) => s,
         Err(e) => return report_failure(&e, 1, foreground),
     };
     if foreground {
-        return run_foreground(&spec);
+        return run_foreground(rt, &spec);
     }
     // Leave the daemon's session and process group: a Ctrl-C on a daemon
     // running in a terminal must not reach containers.
     let _ = nix::unistd::setsid();
-    match run_detached(&spec) {
+    match run_detached(rt, &spec) {
         Ok(()) => 0,
         Err((msg, code)) => report_failure(&msg, code, false),
     }
@@ -75,7 +76,7 @@ fn runtime_error_code(e: &berth_runtime::RuntimeError) -> i32 {
 
 /// Build steps: stdio is the shim's own, no log, no socket; the shim's exit
 /// code is the container's.
-fn run_foreground(spec: &ShimSpec) -> i32 {
+fn run_foreground(rt: &dyn ContainerRuntime, spec: &ShimSpec) -> i32 {
     let cgroup = match Cgroup::create(&spec.cgroup_name, &spec.limits) {
         Ok(c) => c,
         Err(e) => return report_failure(&e.to_string(), 125, true),
@@ -84,11 +85,7 @@ fn run_foreground(spec: &ShimSpec) -> i32 {
         Ok(f) => f,
         Err(e) => return report_failure(&format!("opening /dev/null: {e}"), 125, true),
     };
-    let code = match berth_runtime::spawn::spawn_container(
-        &spec.container,
-        &cgroup,
-        [devnull.as_raw_fd(), 1, 2],
-    ) {
+    let code = match rt.spawn(&spec.container, &cgroup, [devnull.as_raw_fd(), 1, 2]) {
         Ok(spawned) => wait_exit(spawned.pid, &cgroup).code,
         Err(e) => report_failure(&e.to_string(), runtime_error_code(&e), true),
     };
@@ -183,7 +180,7 @@ fn make_stdio(spec: &ShimSpec) -> Result<Stdio, String> {
     }
 }
 
-fn run_detached(spec: &ShimSpec) -> Result<(), (String, i32)> {
+fn run_detached(rt: &dyn ContainerRuntime, spec: &ShimSpec) -> Result<(), (String, i32)> {
     let fail = |m: String| (m, 125);
     let log = LogWriter::open(
         &spec.log_path,
@@ -208,7 +205,7 @@ fn run_detached(spec: &ShimSpec) -> Result<(), (String, i32)> {
         stdio.child[1].as_raw_fd(),
         stdio.child[2].as_raw_fd(),
     ];
-    let spawned = match berth_runtime::spawn::spawn_container(&spec.container, &cgroup, fds) {
+    let spawned = match rt.spawn(&spec.container, &cgroup, fds) {
         Ok(s) => s,
         Err(e) => {
             let _ = cgroup.kill_all(libc::SIGKILL);

@@ -20,13 +20,17 @@ fn main() {
                 .cloned()
                 .unwrap_or_default();
             std::process::exit(berth_engine::shim::shim_main(
+                &berth_runtime::Direct,
                 std::path::Path::new(&bundle),
                 foreground,
             ));
         }
         Some("__exec") => {
             let json = args.get(2).cloned().unwrap_or_default();
-            std::process::exit(berth_engine::exec_helper::exec_main(&json));
+            std::process::exit(berth_engine::exec_helper::exec_main(
+                &berth_runtime::Direct,
+                &json,
+            ));
         }
         Some("__bridge-down") => {
             // Test and cleanup helper: removes a bridge and its NAT rules.
