@@ -42,6 +42,11 @@ fn import_tag_save_rmi_prune() {
         "again",
     ]);
     assert_eq!(out.trim(), id_before);
+    // Streamed through the API instead of read by the daemon: same image.
+    let a = archive.to_str().unwrap();
+    let out = d.ok(&["image", "import", "--upload", a, "--tag", "again2"]);
+    assert_eq!(out.trim(), id_before);
+    d.ok(&["rmi", "again2"]);
 
     // An image used by a container is not removed without -f.
     d.ok(&["create", "--name", "user", "busybox", "true"]);

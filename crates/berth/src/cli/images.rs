@@ -31,6 +31,9 @@ pub enum ImageCommand {
         tag: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Stream the file through the API instead of letting the local daemon read it
+        #[arg(long)]
+        upload: bool,
     },
     /// Write an image as an OCI archive that `docker load` accepts
     Save {
@@ -58,7 +61,12 @@ pub enum ImageCommand {
 
 pub async fn run(c: &Client, cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
-        ImageCommand::Import { file, tag, json } => import(c, &file, tag, json).await,
+        ImageCommand::Import {
+            file,
+            tag,
+            json,
+            upload,
+        } => import(c, &file, tag, json, upload).await,
         ImageCommand::Save { image, output } => save(c, &image, &output).await,
         ImageCommand::Inspect { image } => {
             let v: serde_json::Value = c
@@ -198,28 +206,44 @@ async fn import(
     file: &PathBuf,
     tag: Option<String>,
     json: bool,
+    upload: bool,
 ) -> anyhow::Result<i32> {
-    let f = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("opening {}", file.display()))?;
-    let meta = f
-        .metadata()
-        .await
-        .with_context(|| format!("reading {}", file.display()))?;
+    let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
     if meta.is_dir() {
         anyhow::bail!(
             "{} is a directory: pack an OCI layout directory with `tar -C DIR -cf layout.tar .`",
             file.display()
         );
     }
-    let pb = progress_bar(meta.len(), "Uploading");
-    let reader = pb.wrap_async_read(f);
-    let mut path = "/v1/images/import".to_string();
+    let mut query = Vec::new();
     if let Some(t) = &tag {
-        path.push_str(&format!("?tag={}", enc(t)));
+        query.push(format!("tag={}", enc(t)));
     }
-    let req = Client::request(http::Method::POST, &path, Client::stream_body(reader));
-    let resp = c.send(req).await;
+    // The daemon runs on this machine (it answers on a local socket): by
+    // default it reads the file itself; --upload streams it instead.
+    let (body, pb) = if upload {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {}", file.display()))?;
+        let pb = progress_bar(meta.len(), "Uploading");
+        (Client::stream_body(pb.wrap_async_read(f)), pb)
+    } else {
+        let abs =
+            std::fs::canonicalize(file).with_context(|| format!("resolving {}", file.display()))?;
+        query.push(format!("path={}", enc(&abs.to_string_lossy())));
+        (
+            Client::empty(),
+            spinner(&format!("Importing {}", file.display())),
+        )
+    };
+    let path = if query.is_empty() {
+        "/v1/images/import".to_string()
+    } else {
+        format!("/v1/images/import?{}", query.join("&"))
+    };
+    let resp = c
+        .send(Client::request(http::Method::POST, &path, body))
+        .await;
     pb.finish_and_clear();
     let resp: ImportResponse =
         berth_api::client::decode(resp.with_context(|| format!("importing {}", file.display()))?)
@@ -230,6 +254,20 @@ async fn import(
         println!("{}", resp.id);
     }
     Ok(0)
+}
+
+fn spinner(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(100));
+    pb
 }
 
 async fn save(c: &Client, image: &str, output: &PathBuf) -> anyhow::Result<i32> {

@@ -66,6 +66,11 @@ pub async fn list(State(e): State<AppState>) -> Result<Json<Vec<ImageSummary>>, 
 #[derive(Deserialize)]
 pub struct ImportQuery {
     tag: Option<String>,
+    /// A file on the daemon's host to import instead of the request body:
+    /// the CLI on the same machine saves copying the archive through the
+    /// socket into a temporary file (whose write-back then slows the
+    /// store's sync).
+    path: Option<String>,
 }
 
 pub async fn import(
@@ -80,9 +85,30 @@ pub async fn import(
         .transpose()
         .map_err(|e| bad_request(e.to_string()))?;
     let store = e.images();
-    let tmp = store.tmp_dir()?;
-    let path = tmp.path().join("upload");
-    save_body(body, &path).await?;
+    let (path, tmp) = match q.path {
+        Some(p) => {
+            let path = PathBuf::from(&p);
+            if !path.is_absolute() {
+                return Err(bad_request(format!("import path {p} must be absolute")));
+            }
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => {
+                    return Err(bad_request(format!(
+                        "import path {p} is not a regular file"
+                    )))
+                }
+                Err(err) => return Err(bad_request(format!("import path {p}: {err}"))),
+            }
+            (path, None)
+        }
+        None => {
+            let tmp = store.tmp_dir()?;
+            let path = tmp.path().join("upload");
+            save_body(body, &path).await?;
+            (path, Some(tmp))
+        }
+    };
     let image = tokio::task::spawn_blocking(move || {
         let r = store.import(&path, tag.as_ref());
         drop(tmp);
