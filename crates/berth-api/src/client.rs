@@ -85,6 +85,11 @@ impl Client {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            let message = if message.trim().is_empty() {
+                format!("the berth daemon answered {status} without a message")
+            } else {
+                message
+            };
             Err(ClientError::Api { status, message })
         }
     }

@@ -280,7 +280,10 @@ impl Engine {
                 config.image
             )));
         }
-        let env = merge_env(img_cfg.env().clone().unwrap_or_default(), &config.env);
+        let mut env = merge_env(img_cfg.env().clone().unwrap_or_default(), &config.env);
+        if config.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
         let workdir = config
             .workdir
             .clone()
@@ -1061,13 +1064,7 @@ impl Engine {
         let changes = tokio::task::spawn_blocking(move || berth_image::changes(&upper, &lowers))
             .await
             .map_err(|e| EngineError::internal("computing changes", e))??;
-        Ok(changes
-            .into_iter()
-            .map(|c| ChangeEntry {
-                kind: c.kind.to_string(),
-                path: c.path,
-            })
-            .collect())
+        Ok(hide_generated_etc(changes))
     }
 
     /// `commit`: the container's upper directory becomes a new layer on top
@@ -1099,6 +1096,16 @@ impl Engine {
                 cc.set_cmd(Some(rec.config.cmd.clone()));
             }
             config.set_config(Some(cc));
+            // A commit is a new image: its own creation time and a history
+            // entry for its layer, as Docker records them.
+            let now = berth_image::build::now_rfc3339();
+            config.set_created(Some(now.clone()));
+            let mut history = config.history().clone().unwrap_or_default();
+            let mut entry = oci_spec::image::History::default();
+            entry.set_created(Some(now));
+            entry.set_created_by(Some(format!("berth commit {}", rec.name)));
+            history.push(entry);
+            config.set_history(Some(history));
             let layer = images.add_layer_from_dir(&upper)?;
             let mut layers: Vec<LayerRecord> = base.layers.clone();
             layers.push(layer);
@@ -1186,8 +1193,9 @@ impl Engine {
                 }
             } else if rec.state == ContainerState::Exited
                 && rec.config.restart == berth_types::RestartPolicy::Always
-                && !rec.stopped_by_user
             {
+                // Docker: `always` containers come back at daemon start even
+                // when they had been stopped by hand.
                 restart.push(rec.id.clone());
             }
             let id = rec.id.clone();
@@ -1245,6 +1253,26 @@ impl Engine {
             }
         }
     }
+}
+
+/// Files the runtime writes into every container; like Docker (which
+/// bind-mounts them), `diff` does not list them, nor /etc when they are its
+/// only change.
+const GENERATED_ETC: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+
+fn hide_generated_etc(changes: Vec<berth_image::Change>) -> Vec<ChangeEntry> {
+    let etc_touched = changes
+        .iter()
+        .any(|c| c.path.starts_with("/etc/") && !GENERATED_ETC.contains(&c.path.as_str()));
+    changes
+        .into_iter()
+        .filter(|c| !GENERATED_ETC.contains(&c.path.as_str()))
+        .filter(|c| c.path != "/etc" || etc_touched || c.kind != berth_image::ChangeKind::Changed)
+        .map(|c| ChangeEntry {
+            kind: c.kind.to_string(),
+            path: c.path,
+        })
+        .collect()
 }
 
 fn resolve_in(containers: &HashMap<String, Live>, reference: &str) -> Result<String, EngineError> {

@@ -55,19 +55,29 @@ pub fn serve_all(bound: Vec<(PortMapping, Bound)>, target: Ipv4Addr) -> Vec<Join
         .collect()
 }
 
+// Connection and flow tasks live in a JoinSet owned by the proxy task, so
+// aborting the proxy (container stopped or removed) also ends them and
+// frees the host port at once.
+
 async fn serve_tcp(listener: TcpListener, dest: SocketAddr) {
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        tokio::spawn(async move {
-            let _ = inbound.set_nodelay(true);
-            if let Ok(mut outbound) = TcpStream::connect(dest).await {
-                let _ = outbound.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut inbound, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                conns.spawn(async move {
+                    let _ = inbound.set_nodelay(true);
+                    if let Ok(mut outbound) = TcpStream::connect(dest).await {
+                        let _ = outbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
             }
-        });
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
     }
 }
 
@@ -75,38 +85,40 @@ async fn serve_tcp(listener: TcpListener, dest: SocketAddr) {
 /// of silence.
 async fn serve_udp(socket: UdpSocket, dest: SocketAddr) {
     let socket = Arc::new(socket);
-    let flows: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Default::default();
+    let mut flows: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 65536];
     loop {
-        let Ok((n, client)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let upstream = {
-            let mut map = flows.lock().await;
-            if let Some(u) = map.get(&client) {
-                u.clone()
-            } else {
-                let Ok(u) = UdpSocket::bind("0.0.0.0:0").await else {
-                    continue;
-                };
-                if u.connect(dest).await.is_err() {
-                    continue;
-                }
-                let u = Arc::new(u);
-                map.insert(client, u.clone());
-                let (u2, s2, flows2) = (u.clone(), socket.clone(), flows.clone());
-                tokio::spawn(async move {
-                    let mut b = vec![0u8; 65536];
-                    while let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_secs(60), u2.recv(&mut b)).await
-                    {
-                        let _ = s2.send_to(&b[..n], client).await;
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let Ok((n, client)) = received else { continue };
+                let upstream = match flows.get(&client) {
+                    Some(u) => u.clone(),
+                    None => {
+                        let Ok(u) = UdpSocket::bind("0.0.0.0:0").await else { continue };
+                        if u.connect(dest).await.is_err() {
+                            continue;
+                        }
+                        let u = Arc::new(u);
+                        flows.insert(client, u.clone());
+                        let (u2, s2) = (u.clone(), socket.clone());
+                        tasks.spawn(async move {
+                            let mut b = vec![0u8; 65536];
+                            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(60), u2.recv(&mut b)).await {
+                                let _ = s2.send_to(&b[..n], client).await;
+                            }
+                            client
+                        });
+                        u
                     }
-                    flows2.lock().await.remove(&client);
-                });
-                u
+                };
+                let _ = upstream.send(&buf[..n]).await;
             }
-        };
-        let _ = upstream.send(&buf[..n]).await;
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(client) = done {
+                    flows.remove(&client);
+                }
+            }
+        }
     }
 }

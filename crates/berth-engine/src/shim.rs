@@ -138,7 +138,14 @@ struct Stdio {
 fn make_stdio(spec: &ShimSpec) -> Result<Stdio, String> {
     let err = |what: &str, e: nix::Error| format!("creating {what}: {e}");
     if spec.container.tty {
-        let pty = nix::pty::openpty(None, None).map_err(|e| err("pty", e))?;
+        // 24x80 until an attached client sends its real size.
+        let size = nix::pty::Winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).map_err(|e| err("pty", e))?;
         let master = File::from(pty.master);
         let master_fd = master.as_raw_fd();
         let reader = master

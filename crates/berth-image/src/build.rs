@@ -1234,7 +1234,8 @@ fn validate_signal(sig: &str) -> Result<(), String> {
 }
 
 /// Now, as RFC 3339 UTC with second precision.
-fn now_rfc3339() -> String {
+/// Now as an RFC 3339 UTC timestamp, as image configs record times.
+pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

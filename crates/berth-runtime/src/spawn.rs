@@ -421,12 +421,27 @@ pub fn spawn_container(
         }
         Ok(())
     })();
+    let arg0 = spec.args.first().map(String::as_str).unwrap_or("");
     if let Err(e) = plumbing {
+        // The child may have failed (and closed the sync pipe: EPIPE) before
+        // we signalled it, e.g. an unknown USER: its own report says why.
+        // Only then is reading the report safe: a live child would block it.
+        let child_gone = matches!(&e, RuntimeError::Sys { source, .. } if source.raw_os_error() == Some(libc::EPIPE));
+        if child_gone {
+            if let Err(report) = await_exec(
+                report_r,
+                pid,
+                arg0,
+                &crate::user::UserSpec::parse(&spec.user),
+            ) {
+                abandon(pid);
+                return Err(report);
+            }
+        }
         abandon(pid);
         return Err(e);
     }
     drop(sync_w);
-    let arg0 = spec.args.first().map(String::as_str).unwrap_or("");
     await_exec(
         report_r,
         pid,

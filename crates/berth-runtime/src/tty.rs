@@ -34,3 +34,13 @@ pub fn get_winsize(fd: RawFd) -> Option<(u16, u16)> {
     }
     Some((ws.ws_row, ws.ws_col))
 }
+
+/// Restores the default SIGPIPE action (Rust ignores it), so a CLI whose
+/// output goes to a closed pipe (`berth inspect x | head`) ends quietly like
+/// other Unix tools instead of failing on every write.
+pub fn default_sigpipe() {
+    // SAFETY: installing SIG_DFL for SIGPIPE has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

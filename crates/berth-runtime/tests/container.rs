@@ -727,8 +727,13 @@ fn oom_kill(fx: &Fixture) -> TestResult {
     // The brief's pipeline: tail dies, sh reports 128+9.
     let o =
         run_with(&sh(fx, "head -c 64m /dev/zero | tail"), &limits).map_err(|e| e.to_string())?;
+    // The kernel usually picks tail (sh then exits 128+9); under memory
+    // pressure from elsewhere it may pick sh itself.
     ensure!(
-        o.status == Status::Exited(137),
+        matches!(
+            o.status,
+            Status::Exited(137) | Status::Signaled(libc::SIGKILL)
+        ),
         "pipeline status {:?}",
         o.status
     );

@@ -38,7 +38,40 @@ fn main() {
         }
         _ => {}
     }
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                std::process::exit(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    },
+                );
+            }
+            // One line, as every other error: clap's first line without its
+            // "error: " prefix.
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("berth: {first} (see 'berth --help')");
+            std::process::exit(2);
+        }
+    };
+    if !matches!(cli.command, cli::Command::Up(_)) {
+        berth_runtime::tty::default_sigpipe();
+    }
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

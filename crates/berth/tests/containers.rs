@@ -462,3 +462,48 @@ fn ctrl_c_stops_an_attached_run() {
     assert_eq!(out.status.code(), Some(130));
     assert!(d.ok(&["ps", "-a"]).contains("Exited (130)"));
 }
+
+#[test]
+fn attached_run_returns_while_stdin_stays_open() {
+    let d = daemon();
+    let mut child = std::process::Command::new(&d.bin)
+        .args(["run", "-i", "--rm", "busybox", "echo", "hi"])
+        .env("BERTH_SOCKET", &d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // stdin is never closed: the CLI must still return when the container exits.
+    let exited = eventually(10, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(exited, "berth run -i hung after the container exited");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+}
+
+#[test]
+fn tty_gets_a_terminal_and_start_errors_are_explained() {
+    let d = daemon();
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "-t",
+        "busybox",
+        "sh",
+        "-c",
+        "stty size; echo $TERM",
+    ]);
+    assert_eq!(out.replace('\r', ""), "24 80\nxterm\n");
+    let out = d.cli(&["run", "--rm", "--user", "nosuchuser", "busybox", "id"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("unable to find user nosuchuser"),
+        "{}",
+        stderr(&out)
+    );
+    // A fresh container has no changes: the generated /etc files are hidden.
+    d.ok(&["run", "--name", "fresh", "busybox", "true"]);
+    assert_eq!(d.ok(&["diff", "fresh"]), "");
+}

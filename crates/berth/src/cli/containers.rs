@@ -140,6 +140,11 @@ where
 {
     let mut failed = 0;
     for id in ids {
+        if id.is_empty() {
+            eprintln!("berth: a container name or id must not be empty");
+            failed += 1;
+            continue;
+        }
         match f(c.clone(), id.clone()).await {
             Ok(()) => println!("{id}"),
             Err(e) => {

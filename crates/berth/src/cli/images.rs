@@ -35,11 +35,11 @@ pub enum ImageCommand {
         #[arg(long)]
         upload: bool,
     },
-    /// Write an image as an OCI archive that `docker load` accepts
+    /// Write an image as an OCI archive that `docker load` accepts (to stdout without -o)
     Save {
         image: String,
         #[arg(short, long)]
-        output: PathBuf,
+        output: Option<PathBuf>,
     },
     /// Show an image's configuration as JSON
     Inspect { image: String },
@@ -67,7 +67,7 @@ pub async fn run(c: &Client, cmd: ImageCommand) -> anyhow::Result<i32> {
             json,
             upload,
         } => import(c, &file, tag, json, upload).await,
-        ImageCommand::Save { image, output } => save(c, &image, &output).await,
+        ImageCommand::Save { image, output } => save(c, &image, output.as_ref()).await,
         ImageCommand::Inspect { image } => {
             let v: serde_json::Value = c
                 .get(&format!("/v1/images/inspect?ref={}", enc(&image)))
@@ -270,7 +270,12 @@ fn spinner(what: &str) -> ProgressBar {
     pb
 }
 
-async fn save(c: &Client, image: &str, output: &PathBuf) -> anyhow::Result<i32> {
+async fn save(c: &Client, image: &str, output: Option<&PathBuf>) -> anyhow::Result<i32> {
+    if output.is_none() && std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "refusing to write an image archive to a terminal: use -o FILE or redirect stdout"
+        );
+    }
     let resp = c
         .send(Client::request(
             http::Method::GET,
@@ -278,10 +283,21 @@ async fn save(c: &Client, image: &str, output: &PathBuf) -> anyhow::Result<i32> 
             Client::empty(),
         ))
         .await?;
+    let mut body = resp.into_body();
+    let Some(output) = output else {
+        let mut out = std::io::stdout().lock();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(ClientError::from)?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).context("writing to stdout")?;
+            }
+        }
+        out.flush()?;
+        return Ok(0);
+    };
     let tmp = output.with_extension("partial");
     let mut out =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut body = resp.into_body();
     let result: anyhow::Result<()> = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(ClientError::from)?;

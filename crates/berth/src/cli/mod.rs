@@ -136,7 +136,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     let client = Client::new(&cli.socket);
-    rt.block_on(dispatch(client, cli.command))
+    let result = rt.block_on(dispatch(client, cli.command));
+    // A task may still sit in a blocking read of our stdin (run -i, exec
+    // -i): do not wait for it.
+    rt.shutdown_background();
+    result
 }
 
 async fn dispatch(c: Client, cmd: Command) -> anyhow::Result<i32> {

@@ -102,6 +102,11 @@ fn env_list(env: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Bad flags of run/create exit 125, as Docker's do.
+fn usage<T>(r: anyhow::Result<T>) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow::Error::new(ExitCode(125)).context(format!("{e:#}")))
+}
+
 fn config(a: &RunArgs) -> anyhow::Result<ContainerConfig> {
     if a.rm && a.restart != "no" {
         bail!("conflicting options: --restart and --rm");
@@ -170,7 +175,7 @@ pub async fn create(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
-    let cfg = config(&a)?;
+    let cfg = usage(config(&a))?;
     if a.detach {
         let req = CreateRequest {
             config: cfg,

@@ -48,7 +48,8 @@ impl From<berth_image::ImageError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(berth_api::ErrorBody { message: self.1 })).into_response()
+        let message = printable_line(&self.1);
+        (status, Json(berth_api::ErrorBody { message })).into_response()
     }
 }
 
@@ -134,4 +135,26 @@ pub async fn serve(cfg: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
         .await?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// One printable line of at most 400 characters, cut where binary begins:
+/// messages can quote bytes of untrusted input (a garbage archive).
+pub fn printable_line(msg: &str) -> String {
+    let mut out = String::new();
+    for c in msg.chars() {
+        if out.chars().count() >= 400 {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            // The rest would be binary noise quoted from the input.
+            c if c.is_control() || c == '\u{fffd}' => {
+                out.push('…');
+                break;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }

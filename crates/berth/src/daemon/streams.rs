@@ -169,7 +169,13 @@ pub async fn exec(
         pid,
         cgroup,
         args: ex.cmd.clone(),
-        env: berth_engine::engine::merge_env(rec.env.clone(), &ex.env),
+        env: {
+            let mut env = berth_engine::engine::merge_env(rec.env.clone(), &ex.env);
+            if ex.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+                env.push("TERM=xterm".into());
+            }
+            env
+        },
         cwd: ex.workdir.clone().unwrap_or(rec.workdir.clone()),
         user: ex.user.clone().unwrap_or(rec.user.clone()),
         tty: ex.tty,
