@@ -16,7 +16,9 @@ use berth_image::{ImageStore, LayerRecord};
 use berth_runtime::cgroup::{Cgroup, CgroupLimits};
 use berth_runtime::net::{BridgeAttachment, BridgeConfig};
 use berth_runtime::spawn::{BindMount, ContainerSpec, NetworkSetup, RootfsSpec};
-use berth_types::{ContainerConfig, ContainerId, ContainerState, ImageRef, NetworkMode};
+use berth_types::{
+    ContainerConfig, ContainerId, ContainerState, ImageRef, NetworkMode, VolumeMount,
+};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -312,6 +314,27 @@ impl Engine {
 
         let id = ContainerId::from_bytes(random_bytes()).to_string();
         let paths = self.paths(&id);
+        // The image's VOLUMEs not covered by a -v get an anonymous volume:
+        // a fresh directory of the container's, mounted there.
+        let mut config = config;
+        let anonymous: Vec<VolumeMount> = img_cfg
+            .volumes()
+            .iter()
+            .flatten()
+            .filter(|dest| !config.volumes.iter().any(|v| &v.container_path == *dest))
+            .enumerate()
+            .map(|(i, dest)| VolumeMount {
+                host_path: paths
+                    .dir
+                    .join("volumes")
+                    .join(i.to_string())
+                    .display()
+                    .to_string(),
+                container_path: dest.clone(),
+                read_only: false,
+            })
+            .collect();
+        config.volumes.extend(anonymous.iter().cloned());
         let rec = {
             let mut st = self.lock();
             let name = match &config.name {
@@ -375,6 +398,9 @@ impl Engine {
             std::fs::create_dir_all(paths.upper())?;
             std::fs::create_dir_all(paths.work())?;
             std::fs::create_dir_all(paths.rootfs())?;
+            for v in &anonymous {
+                std::fs::create_dir_all(&v.host_path)?;
+            }
             if rec.config.userns {
                 // Root in the container is this unprivileged host id: it
                 // must own the directories the overlay writes to.

@@ -86,3 +86,14 @@ fn build_errors_name_file_and_line() {
         "no half-built image"
     );
 }
+
+#[test]
+fn image_volumes_get_anonymous_volumes() {
+    let d = daemon();
+    let ctx = context(&[(
+        "Containerfile",
+        "FROM busybox\nVOLUME /data\nCMD [\"sh\", \"-c\", \"echo v > /data/f && cat /data/f\"]\n",
+    )]);
+    d.ok(&["build", "-q", "-t", "vol:1", ctx.path().to_str().unwrap()]);
+    assert_eq!(d.ok(&["run", "--rm", "vol:1"]), "v\n");
+}
