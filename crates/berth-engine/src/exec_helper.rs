@@ -53,20 +53,26 @@ pub fn exec_main(rt: &dyn ContainerRuntime, json: &str) -> i32 {
             Err(e) => fail(&e),
         };
     }
-    let pty = match nix::pty::openpty(None, None) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("berth exec: creating pty: {e}");
-            return 125;
-        }
+    // A terminal from the container's own devpts, so that the command sees
+    // /dev/pts/N; the host's as a fallback.
+    let root = std::path::PathBuf::from(format!("/proc/{}/root", args.pid));
+    let (master, slave): (File, File) = match berth_runtime::tty::open_pty_in(&root) {
+        Ok(pair) => pair,
+        Err(_) => match nix::pty::openpty(None, None) {
+            Ok(p) => (File::from(p.master), File::from(p.slave)),
+            Err(e) => {
+                eprintln!("berth exec: creating pty: {e}");
+                return 125;
+            }
+        },
     };
-    let slave = pty.slave.as_raw_fd();
-    let pid = match rt.exec(&spec, &cgroup, [slave, slave, slave]) {
+    let slave_fd = slave.as_raw_fd();
+    let pid = match rt.exec(&spec, &cgroup, [slave_fd, slave_fd, slave_fd]) {
         Ok(pid) => pid,
         Err(e) => return fail(&e),
     };
-    drop(pty.slave);
-    let mut master = File::from(pty.master);
+    drop(slave);
+    let mut master = master;
     if let Ok(mut to_master) = master.try_clone() {
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];

@@ -191,6 +191,9 @@ fn exec_runs_in_the_container() {
     // The exec'd process sees the container's processes only.
     let ps = d.ok(&["exec", "box", "ps"]);
     assert!(ps.contains("sleep 1000") && ps.lines().count() <= 4, "{ps}");
+    // -t gives a terminal of the container's own devpts.
+    let tty = d.ok(&["exec", "-t", "box", "tty"]);
+    assert!(tty.starts_with("/dev/pts/"), "{tty}");
     let out = d.cli(&["exec", "box", "/nope"]);
     assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
 }
