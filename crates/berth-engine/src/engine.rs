@@ -252,6 +252,14 @@ impl Engine {
             berth_types::id::validate_name(name)
                 .map_err(|e| EngineError::BadRequest(e.to_string()))?;
         }
+        let looks_like_id = config
+            .image
+            .trim_start_matches("sha256:")
+            .chars()
+            .all(|c| c.is_ascii_hexdigit());
+        if !looks_like_id {
+            ImageRef::parse(&config.image).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+        }
         let images = self.images.clone();
         let reference = config.image.clone();
         let (image, lowers) = tokio::task::spawn_blocking(move || {

@@ -90,6 +90,15 @@ pub struct ExecArgs {
     pub cmd: Vec<String>,
 }
 
+fn check_env(env: &[String]) -> anyhow::Result<()> {
+    for e in env {
+        if e.is_empty() || e.starts_with('=') {
+            bail!("invalid environment variable {e:?}: expected KEY=VALUE or KEY");
+        }
+    }
+    Ok(())
+}
+
 fn env_list(env: &[String]) -> Vec<String> {
     env.iter()
         .filter_map(|e| {
@@ -108,6 +117,7 @@ fn usage<T>(r: anyhow::Result<T>) -> anyhow::Result<T> {
 }
 
 fn config(a: &RunArgs) -> anyhow::Result<ContainerConfig> {
+    check_env(&a.env)?;
     if a.rm && a.restart != "no" {
         bail!("conflicting options: --restart and --rm");
     }
@@ -134,7 +144,13 @@ fn config(a: &RunArgs) -> anyhow::Result<ContainerConfig> {
             .map(|v| VolumeMount::parse(v))
             .collect::<Result<_, _>>()?,
         network: NetworkMode::parse(&a.network)?,
-        memory: a.memory.as_deref().map(parse_memory).transpose()?,
+        // Docker: --memory 0 means no limit.
+        memory: a
+            .memory
+            .as_deref()
+            .filter(|m| *m != "0")
+            .map(parse_memory)
+            .transpose()?,
         cpu_quota: a.cpus.as_deref().map(parse_cpus).transpose()?,
         pids_limit: a.pids_limit,
         user: a.user.clone(),
