@@ -585,6 +585,15 @@ impl Engine {
             stdin: rec.config.stdin,
             wait_attach,
         };
+        if rec.config.userns {
+            if let Err(e) = prepare_userns_etc(&paths.upper()) {
+                release_ip(self);
+                return Err(EngineError::internal(
+                    "preparing /etc for the user namespace",
+                    e,
+                ));
+            }
+        }
         let spawned = self.spawn_shim(&paths, &spec).await;
         let (child, report) = match spawned {
             Ok(x) => x,
@@ -1287,6 +1296,28 @@ impl Engine {
             }
         }
     }
+}
+
+/// With --userns, container root is an unprivileged host id that cannot
+/// create files in the image's root-owned /etc: the files the runtime
+/// writes there are made beforehand in the upper directory, owned by it.
+fn prepare_userns_etc(upper: &Path) -> std::io::Result<()> {
+    let id = berth_runtime::spec::USERNS_HOST_BASE;
+    let (uid, gid) = (
+        Some(nix::unistd::Uid::from_raw(id)),
+        Some(nix::unistd::Gid::from_raw(id)),
+    );
+    let etc = upper.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    nix::unistd::chown(&etc, uid, gid)?;
+    for name in ["hosts", "resolv.conf", "hostname"] {
+        let f = etc.join(name);
+        if !f.exists() {
+            std::fs::write(&f, b"")?;
+        }
+        nix::unistd::chown(&f, uid, gid)?;
+    }
+    Ok(())
 }
 
 /// Files the runtime writes into every container; like Docker (which

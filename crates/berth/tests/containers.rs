@@ -510,3 +510,19 @@ fn tty_gets_a_terminal_and_start_errors_are_explained() {
     d.ok(&["run", "--name", "fresh", "busybox", "true"]);
     assert_eq!(d.ok(&["diff", "fresh"]), "");
 }
+
+#[test]
+fn user_namespace_maps_root_to_an_unprivileged_range() {
+    let d = daemon();
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--userns",
+        "busybox",
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; echo ok > /tmp/w; cat /tmp/w",
+    ]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, vec!["0", "0", "100000", "65536", "ok"], "{out}");
+}
