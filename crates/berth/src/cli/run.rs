@@ -213,22 +213,22 @@ pub async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
         )
         .await
         .map_err(start_error)?;
-    let raw = RawMode::enter(a.tty);
-    let end = pump(
-        stream,
-        StreamOptions {
-            stdin: a.interactive,
-            tty: a.tty,
-        },
-    )
-    .await;
+    attached(stream, a.interactive, a.tty, "container").await
+}
+
+/// Runs an attached stream in the terminal's right mode and turns its end
+/// into our exit code.
+async fn attached<S>(stream: S, stdin: bool, tty: bool, what: &str) -> anyhow::Result<i32>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let raw = RawMode::enter(tty);
+    let end = pump(stream, StreamOptions { stdin, tty }).await;
     drop(raw);
     match end? {
         StreamEnd::Exit { code } => Ok(code),
         StreamEnd::Error(m) => bail!("{m}"),
-        StreamEnd::Closed => {
-            bail!("the connection to the daemon closed before the container exited")
-        }
+        StreamEnd::Closed => bail!("the connection to the daemon closed before the {what} exited"),
     }
 }
 
@@ -248,19 +248,5 @@ pub async fn exec(c: &Client, a: ExecArgs) -> anyhow::Result<i32> {
             Client::json_body(&req),
         )
         .await?;
-    let raw = RawMode::enter(a.tty);
-    let end = pump(
-        stream,
-        StreamOptions {
-            stdin: a.interactive,
-            tty: a.tty,
-        },
-    )
-    .await;
-    drop(raw);
-    match end? {
-        StreamEnd::Exit { code } => Ok(code),
-        StreamEnd::Error(m) => bail!("{m}"),
-        StreamEnd::Closed => bail!("the connection to the daemon closed before the command exited"),
-    }
+    attached(stream, a.interactive, a.tty, "command").await
 }
