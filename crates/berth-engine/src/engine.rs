@@ -1149,7 +1149,11 @@ impl Engine {
             entry.set_created_by(Some(format!("berth commit {}", rec.name)));
             history.push(entry);
             config.set_history(Some(history));
-            let layer = images.add_layer_from_dir(&upper)?;
+            let generated: Vec<&Path> = GENERATED_ETC
+                .iter()
+                .map(|p| Path::new(p.trim_start_matches('/')))
+                .collect();
+            let layer = images.add_layer_from_dir_excluding(&upper, &generated)?;
             let mut layers: Vec<LayerRecord> = base.layers.clone();
             layers.push(layer);
             images.create_image(config, layers, tag.as_ref())

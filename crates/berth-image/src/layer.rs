@@ -21,7 +21,7 @@ mod pack;
 
 pub use apply::apply_layer;
 pub use changes::{changes, Change, ChangeKind};
-pub(crate) use pack::write_layer_tar;
+pub(crate) use pack::write_layer_tar_excluding;
 
 /// The xattr overlayfs reads to treat a directory as opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";

@@ -32,7 +32,7 @@ use crate::archive::{
     self, canonical_json, sha256_digest, valid_digest, HashWriter, ImagePlan, Source,
 };
 use crate::error::{ImageError, IoContext};
-use crate::layer::write_layer_tar;
+use crate::layer::write_layer_tar_excluding;
 
 mod fsutil;
 mod layers;
@@ -638,11 +638,22 @@ impl ImageStore {
     /// directories `.wh..wh..opq`), stored as blob and extracted tree. The
     /// layer is protected from prune until an image references it.
     pub fn add_layer_from_dir(&self, upper: &Path) -> Result<LayerRecord, ImageError> {
+        self.add_layer_from_dir_excluding(upper, &[])
+    }
+
+    /// [`Self::add_layer_from_dir`] leaving out the entries at `exclude`
+    /// (paths relative to `upper`): `commit` leaves out the /etc files the
+    /// runtime generated.
+    pub fn add_layer_from_dir_excluding(
+        &self,
+        upper: &Path,
+        exclude: &[&Path],
+    ) -> Result<LayerRecord, ImageError> {
         let work = self.tmp_dir()?;
         let tar_path = work.path().join("layer.tar");
         let file = File::create(&tar_path).at(&tar_path)?;
         let mut w = HashWriter::new(BufWriter::new(file));
-        write_layer_tar(upper, &mut w)?;
+        write_layer_tar_excluding(upper, exclude, &mut w)?;
         let (diff_id, buf) = w.finish();
         let file = buf
             .into_inner()

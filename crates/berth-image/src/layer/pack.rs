@@ -24,7 +24,18 @@ fn skip_xattr(name: &[u8]) -> bool {
 /// Sockets are skipped (tar cannot hold them). Directories renamed with
 /// overlayfs' redirect_dir and metacopy-only files are refused: their
 /// content lives in a lower layer and the tar would silently lose it.
+#[cfg(test)]
 pub(crate) fn write_layer_tar(upper: &Path, out: impl Write) -> Result<(), ImageError> {
+    write_layer_tar_excluding(upper, &[], out)
+}
+
+/// [`write_layer_tar`] leaving out the entries at `exclude` (paths relative
+/// to `upper`), e.g. the /etc files a runtime generated in a container.
+pub(crate) fn write_layer_tar_excluding(
+    upper: &Path,
+    exclude: &[&Path],
+    out: impl Write,
+) -> Result<(), ImageError> {
     let mut b = tar::Builder::new(out);
     let mut seen_inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let walker = walkdir::WalkDir::new(upper)
@@ -38,6 +49,9 @@ pub(crate) fn write_layer_tar(upper: &Path, out: impl Write) -> Result<(), Image
         })?;
         let path = entry.path();
         let rel = path.strip_prefix(upper).unwrap_or(path);
+        if exclude.contains(&rel) {
+            continue;
+        }
         let meta = entry
             .metadata()
             .map_err(|e| ImageError::io(path, e.into()))?;
