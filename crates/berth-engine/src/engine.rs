@@ -248,6 +248,16 @@ impl Engine {
     // ----- create -------------------------------------------------------
 
     pub async fn create(&self, config: ContainerConfig) -> Result<String, EngineError> {
+        if let Some(quota) = config.cpu_quota {
+            let cpus = std::thread::available_parallelism()
+                .map(|n| n.get() as u64)
+                .unwrap_or(1);
+            if quota > cpus * 100_000 {
+                return Err(EngineError::BadRequest(format!(
+                    "range of cpus is from 0.01 to {cpus}.00, as there are only {cpus} cpus available"
+                )));
+            }
+        }
         if let Some(name) = &config.name {
             berth_types::id::validate_name(name)
                 .map_err(|e| EngineError::BadRequest(e.to_string()))?;
@@ -534,11 +544,16 @@ impl Engine {
                 gateway: self.cfg.bridge.gateway,
             }),
         };
-        let hostname = rec
-            .config
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12].to_string());
+        // Docker: with the host network the container keeps the host's name.
+        let default_name = if rec.config.network == NetworkMode::Host {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| id[..12].to_string())
+        } else {
+            id[..12].to_string()
+        };
+        let hostname = rec.config.hostname.clone().unwrap_or(default_name);
         let extra_hosts = Vec::new();
         let spec = ShimSpec {
             container: ContainerSpec {

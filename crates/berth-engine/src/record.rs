@@ -39,12 +39,14 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// The command as `docker ps` shows it: arguments with spaces in
+    /// single quotes.
     pub fn command_line(&self) -> String {
         self.args
             .iter()
             .map(|a| {
                 if a.contains(' ') || a.is_empty() {
-                    format!("{a:?}")
+                    format!("'{a}'")
                 } else {
                     a.clone()
                 }

@@ -40,6 +40,11 @@ impl PortMapping {
             Some(_) => return Err(err("protocol must be tcp or udp")),
             None => (s, PortProto::Tcp),
         };
+        if spec.split(':').any(|p| p.contains('-')) {
+            return Err(err(
+                "port ranges are not supported; publish each port with its own -p",
+            ));
+        }
         let port = |p: &str| -> Result<u16, ParseError> {
             match p.parse::<u16>() {
                 Ok(n) if n > 0 => Ok(n),
