@@ -85,6 +85,19 @@ fn measure(n: usize, mut f: impl FnMut(usize) -> bool) -> Stats {
     }
 }
 
+fn stats(samples: &[(Duration, bool)]) -> Stats {
+    let failures = samples.iter().filter(|(_, ok)| !ok).count();
+    let mut times: Vec<Duration> = samples.iter().map(|(t, _)| *t).collect();
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p10: at(0.1),
+        p90: at(0.9),
+        failures,
+    }
+}
+
 fn row(name: &str, s: &Stats) {
     if s.failures > 0 {
         eprintln!("warning: {name}: {} of the iterations failed", s.failures);
@@ -132,12 +145,11 @@ fn lifecycle(berth: &Path, n: usize) -> anyhow::Result<()> {
     for _ in 0..3 {
         run(&[]);
     }
-    let berth_bridge = measure(n, |_| run(&[]));
-    let berth_none = measure(n, |_| run(&["--network", "none"]));
 
     // runc with the same busybox rootfs, its default spec running `true`.
-    let runc = if which("runc") {
-        let bundle = tempfile::tempdir()?;
+    let bundle = tempfile::tempdir()?;
+    let have_runc = which("runc");
+    if have_runc {
         berth_testkit::busybox_rootfs(&bundle.path().join("rootfs"))?;
         let ok = Command::new("runc")
             .arg("spec")
@@ -152,26 +164,39 @@ fn lifecycle(berth: &Path, n: usize) -> anyhow::Result<()> {
         cfg["process"]["args"] = serde_json::json!(["true"]);
         cfg["process"]["terminal"] = serde_json::json!(false);
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
-        let b = bundle.path().to_path_buf();
-        for i in 0..3 {
-            quiet(
-                Command::new("runc")
-                    .args(["run", "-b"])
-                    .arg(&b)
-                    .arg(format!("warm{i}-{}", std::process::id())),
-            );
-        }
-        Some(measure(n, |i| {
-            quiet(
-                Command::new("runc")
-                    .args(["run", "-b"])
-                    .arg(&b)
-                    .arg(format!("bench{i}-{}", std::process::id())),
-            )
-        }))
-    } else {
-        None
+    }
+    let b = bundle.path().to_path_buf();
+    let runc_run = |tag: &str| {
+        quiet(
+            Command::new("runc")
+                .args(["run", "-b"])
+                .arg(&b)
+                .arg(format!("{tag}-{}", std::process::id())),
+        )
     };
+    if have_runc {
+        for i in 0..3 {
+            runc_run(&format!("warm{i}"));
+        }
+    }
+    // Variants take turns within each iteration so that the machine's
+    // drifting load hits all of them alike.
+    let mut samples: Vec<Vec<(Duration, bool)>> = vec![Vec::new(); 3];
+    for i in 0..n {
+        let mut time = |k: usize, f: &mut dyn FnMut() -> bool| {
+            let t = Instant::now();
+            let ok = f();
+            samples[k].push((t.elapsed(), ok));
+        };
+        time(0, &mut || run(&[]));
+        time(1, &mut || run(&["--network", "none"]));
+        if have_runc {
+            time(2, &mut || runc_run(&format!("bench{i}")));
+        }
+    }
+    let berth_bridge = stats(&samples[0]);
+    let berth_none = stats(&samples[1]);
+    let runc = have_runc.then(|| stats(&samples[2]));
 
     let docker = Dockerd::start().ok().and_then(|dk| {
         let tarball = d.dir.path().join("busybox.tar");
