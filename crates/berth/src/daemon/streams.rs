@@ -63,13 +63,22 @@ pub async fn run(State(e): State<AppState>, req: Request) -> Result<Response, Ap
         }
         return Err(err.into());
     }
-    let shim = match connect_shim(&e, &id).await {
+    let mut shim = match connect_shim(&e, &id).await {
         Ok(s) => s,
         Err(err) => {
             let _ = e.remove(&id, true).await;
             return Err(err);
         }
     };
+    // Say hello for the client at once (replay everything): the shim then
+    // knows it is attached and need not hold the exit until the client's own
+    // hello has made its way here (the shim ignores that second hello).
+    let mut hello = Vec::new();
+    encode_into(FrameKind::Hello, b"all", &mut hello);
+    if let Err(err) = shim.write_all(&hello).await {
+        let _ = e.remove(&id, true).await;
+        return Err(internal(format!("attaching to container {id}: {err}")));
+    }
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(up) => splice(e, id, TokioIo::new(up), shim).await,
