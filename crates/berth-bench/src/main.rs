@@ -65,24 +65,14 @@ struct Stats {
 }
 
 fn measure(n: usize, mut f: impl FnMut(usize) -> bool) -> Stats {
-    let mut times = Vec::with_capacity(n);
-    let mut failures = 0;
-    for i in 0..n {
-        let t = Instant::now();
-        let ok = f(i);
-        times.push(t.elapsed());
-        if !ok {
-            failures += 1;
-        }
-    }
-    times.sort();
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    Stats {
-        median: at(0.5),
-        p10: at(0.1),
-        p90: at(0.9),
-        failures,
-    }
+    let samples: Vec<(Duration, bool)> = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            let ok = f(i);
+            (t.elapsed(), ok)
+        })
+        .collect();
+    stats(&samples)
 }
 
 fn stats(samples: &[(Duration, bool)]) -> Stats {

@@ -12,7 +12,6 @@ use berth_types::ContainerState;
 use clap::Args;
 use http_body_util::BodyExt;
 use std::future::Future;
-use std::io::Write;
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
@@ -232,16 +231,8 @@ pub async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
         };
         reader.feed(&data);
         while let Some(f) = reader.next_frame()? {
-            match f.kind {
-                FrameKind::Stdout => {
-                    out.write_all(&f.data)?;
-                    out.flush()?;
-                }
-                FrameKind::Stderr => {
-                    err.write_all(&f.data)?;
-                }
-                FrameKind::Error => bail!("{}", f.text()),
-                _ => {}
+            if !super::stream::write_output(&f, &mut out, &mut err)? && f.kind == FrameKind::Error {
+                bail!("{}", f.text());
             }
         }
     }

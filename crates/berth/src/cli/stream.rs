@@ -164,15 +164,10 @@ where
         reader.feed(&buf[..n]);
         let mut done = None;
         while let Some(f) = reader.next_frame()? {
+            if write_output(&f, &mut out, &mut err)? {
+                continue;
+            }
             match f.kind {
-                FrameKind::Stdout => {
-                    out.write_all(&f.data)?;
-                    out.flush()?;
-                }
-                FrameKind::Stderr => {
-                    err.write_all(&f.data)?;
-                    err.flush()?;
-                }
                 FrameKind::Exit => {
                     let (code, _oom) = f.exit_status().unwrap_or((255, false));
                     done = Some(StreamEnd::Exit { code });
@@ -194,4 +189,20 @@ where
     }
     writer.abort();
     Ok(end)
+}
+
+/// Writes a stdout or stderr frame to ours; false for any other frame.
+pub fn write_output(
+    f: &berth_api::Frame,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> std::io::Result<bool> {
+    let w: &mut dyn Write = match f.kind {
+        FrameKind::Stdout => out,
+        FrameKind::Stderr => err,
+        _ => return Ok(false),
+    };
+    w.write_all(&f.data)?;
+    w.flush()?;
+    Ok(true)
 }
