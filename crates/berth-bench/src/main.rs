@@ -345,6 +345,20 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        self.stop();
+        // dockerd leaves its bridge and iptables chains behind: remove them.
+        let _ = Command::new("ip")
+            .args(["link", "del", "docker0"])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("sh")
+            .args(["-c", "iptables-save | grep -v -i docker | iptables-restore"])
+            .status();
+    }
+}
+
+impl Dockerd {
+    fn stop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
