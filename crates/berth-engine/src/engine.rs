@@ -951,38 +951,55 @@ impl Engine {
         self.remove_inner(&id).await
     }
 
+    /// Removes a stopped container. The record stays (as Removing) until
+    /// its directory and cgroup are gone, so that whoever waits for the
+    /// removal (`run --rm`) sees nothing left when it is told.
     async fn remove_inner(&self, id: &str) -> Result<(), EngineError> {
-        let live = {
+        let proxies = {
             let mut st = self.lock();
-            let Some(live) = st.containers.remove(id) else {
+            let Some(live) = st.containers.get_mut(id) else {
                 return Ok(());
             };
-            if let Some(ip) = live.rec.ip {
+            if live.rec.state == ContainerState::Removing {
+                return Ok(()); // another remove is under way
+            }
+            live.rec.state = ContainerState::Removing;
+            live.changed.send_modify(|v| v.0 += 1);
+            let ip = live.rec.ip.take();
+            let proxies = std::mem::take(&mut live.proxies);
+            if let Some(ip) = ip {
                 st.ipam.release(ip);
             }
-            live
+            proxies
         };
-        for p in &live.proxies {
+        for p in &proxies {
             p.abort();
         }
         let dir = self.paths(id).dir;
         let sock = self.dirs.attach_socket(id);
-        tokio::task::spawn_blocking(move || {
+        let removed = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_file(sock);
-            std::fs::remove_dir_all(&dir)
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         })
         .await
-        .map_err(|e| EngineError::internal("removing container", e))?
-        .map_err(|e| {
-            EngineError::internal(format!("removing {}", self.paths(id).dir.display()), e)
-        })?;
+        .map_err(|e| EngineError::internal("removing container", e))
+        .and_then(|r| {
+            r.map_err(|e| {
+                EngineError::internal(format!("removing {}", self.paths(id).dir.display()), e)
+            })
+        });
         if let Ok(cg) = Cgroup::open(&Self::cgroup_name(id)) {
             let _ = cg.remove();
         }
+        // Dropping the record drops its watch sender: waiters for removal
+        // wake. Even a failed directory removal forgets the container, as
+        // Docker does; the error says what is left.
+        self.lock().containers.remove(id);
         tracing::info!(container = %id, "removed");
-        // Dropping `live` drops the watch sender: waiters for removal wake.
-        drop(live);
-        Ok(())
+        removed
     }
 
     /// Waits until the container is not running (or, with `removed`, gone)
@@ -1005,7 +1022,10 @@ impl Engine {
                     None => return Ok(rx.borrow().1.unwrap_or(last)),
                     Some(l) => {
                         last = (l.rec.exit_code.unwrap_or(0), l.rec.oom_killed);
-                        let done = l.rec.state == ContainerState::Exited && !l.starting;
+                        let done = matches!(
+                            l.rec.state,
+                            ContainerState::Exited | ContainerState::Removing
+                        ) && !l.starting;
                         if done && !removed {
                             return Ok(last);
                         }

@@ -160,6 +160,23 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs the CLI expecting a failure whose stderr contains `needle`;
+    /// returns the output for further checks.
+    pub fn fails(&self, args: &[&str], needle: &str) -> Output {
+        let out = self.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "berth {args:?} should fail; stderr: {err}"
+        );
+        assert!(
+            err.contains(needle),
+            "berth {args:?}: stderr lacks {needle:?}: {err}"
+        );
+        out
+    }
+
     /// Kills the daemon with SIGKILL (containers keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -66,9 +66,10 @@ fn build_runs_and_caches() {
 fn build_errors_name_file_and_line() {
     let d = daemon();
     let ctx = context(&[("Containerfile", "FROM busybox\nRUN true\nBOGUS x\n")]);
-    let out = d.cli(&["build", "-t", "bad", ctx.path().to_str().unwrap()]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("Containerfile:3"), "{}", stderr(&out));
+    d.fails(
+        &["build", "-t", "bad", ctx.path().to_str().unwrap()],
+        "Containerfile:3",
+    );
 
     let ctx = context(&[(
         "Containerfile",

@@ -84,9 +84,7 @@ fn detached_lifecycle_ps_stop_start_kill_rm() {
         "{ps}"
     );
     // A running container is not removed without -f.
-    let out = d.cli(&["rm", "web"]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("running"), "{}", stderr(&out));
+    d.fails(&["rm", "web"], "running");
     // sleep as pid 1 ignores SIGTERM: stop kills it after the timeout.
     d.ok(&["stop", "-t", "1", "web"]);
     let ps = d.ok(&["ps", "-a"]);
@@ -111,9 +109,10 @@ fn detached_lifecycle_ps_stop_start_kill_rm() {
 fn names_are_unique_and_errors_are_one_line() {
     let d = daemon();
     d.ok(&["create", "--name", "one", "busybox", "true"]);
-    let out = d.cli(&["create", "--name", "one", "busybox", "true"]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("already in use"), "{}", stderr(&out));
+    let out = d.fails(
+        &["create", "--name", "one", "busybox", "true"],
+        "already in use",
+    );
     assert_eq!(stderr(&out).lines().count(), 1);
     let out = d.cli(&["run", "--rm", "nosuchimage", "true"]);
     assert_eq!(out.status.code(), Some(125));
@@ -121,15 +120,11 @@ fn names_are_unique_and_errors_are_one_line() {
     let out = d.cli(&["run", "--rm", "busybox", "/nope"]);
     assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
-    let out = d.cli(&["run", "--rm", "-p", "99999:1", "busybox", "true"]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("port mapping"), "{}", stderr(&out));
-    let out = d.cli(&["stop", "nosuch"]);
-    assert!(
-        stderr(&out).contains("no such container: nosuch"),
-        "{}",
-        stderr(&out)
+    d.fails(
+        &["run", "--rm", "-p", "99999:1", "busybox", "true"],
+        "port mapping",
     );
+    d.fails(&["stop", "nosuch"], "no such container: nosuch");
 }
 
 #[test]
@@ -275,20 +270,17 @@ fn published_port_answers_curl() {
     });
     assert!(got, "curl {url} did not answer; log:\n{}", d.log());
     // A second container cannot take the same host port.
-    let out = d.cli(&[
-        "run",
-        "-d",
-        "-p",
-        &format!("{port}:8000"),
-        "busybox",
-        "sleep",
-        "5",
-    ]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("already allocated"),
-        "{}",
-        stderr(&out)
+    d.fails(
+        &[
+            "run",
+            "-d",
+            "-p",
+            &format!("{port}:8000"),
+            "busybox",
+            "sleep",
+            "5",
+        ],
+        "already allocated",
     );
 }
 
@@ -499,12 +491,9 @@ fn tty_gets_a_terminal_and_start_errors_are_explained() {
         "stty size; echo $TERM",
     ]);
     assert_eq!(out.replace('\r', ""), "24 80\nxterm\n");
-    let out = d.cli(&["run", "--rm", "--user", "nosuchuser", "busybox", "id"]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("unable to find user nosuchuser"),
-        "{}",
-        stderr(&out)
+    d.fails(
+        &["run", "--rm", "--user", "nosuchuser", "busybox", "id"],
+        "unable to find user nosuchuser",
     );
     // A fresh container has no changes: the generated /etc files are hidden.
     d.ok(&["run", "--name", "fresh", "busybox", "true"]);
