@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod cluster;
+pub mod cluster_client;
 pub mod dto;
 pub mod frame;
 

@@ -3,7 +3,10 @@
 //!
 //!   berth-bench lifecycle [-n 30]   run --rm busybox true: berth vs runc vs docker
 //!   berth-bench import [-n 5]       import a ~170 MB rootfs tarball: berth vs docker import
+//!   berth-bench placement           tasks RUNNING per second with simulated agents
 #![forbid(unsafe_code)]
+
+mod placement;
 
 use anyhow::{bail, Context};
 use berth_testkit::Daemon;
@@ -34,6 +37,19 @@ enum What {
         #[arg(long)]
         tarball: Option<PathBuf>,
     },
+    Placement {
+        #[arg(long, default_value_t = 5000)]
+        agents: usize,
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 10)]
+        jobs: usize,
+        /// Processes the simulated agents are spread over
+        #[arg(long, default_value_t = 2)]
+        agent_processes: usize,
+        #[arg(long, default_value_t = 5)]
+        agent_timeout: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +70,22 @@ fn main() -> anyhow::Result<()> {
             iterations,
             tarball,
         } => import(&berth, iterations, tarball),
+        What::Placement {
+            agents,
+            tasks,
+            jobs,
+            agent_processes,
+            agent_timeout,
+        } => placement::run(
+            &berth,
+            placement::Options {
+                agents,
+                tasks,
+                jobs,
+                agent_processes: agent_processes.max(1),
+                agent_timeout_secs: agent_timeout,
+            },
+        ),
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod build;
 pub mod containerfile;
+pub mod distribution;
 pub mod dockerignore;
 pub mod error;
 pub mod layer;

@@ -6,6 +6,8 @@
 //! a test fails.
 #![forbid(unsafe_code)]
 
+pub mod netns;
+
 use std::fs;
 use std::io;
 use std::net::TcpListener;
@@ -117,6 +119,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--bridge", &self.bridge, "--bridge-cidr", &self.cidr])
+            .arg("--no-cluster")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

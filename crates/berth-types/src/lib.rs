@@ -5,11 +5,16 @@
 //! tested with tables of cases.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod container;
 pub mod id;
 pub mod image_ref;
 pub mod values;
 
+pub use cluster::{
+    parse_attributes, valid_name, Attributes, Constraint, JobSpec, NodeState, Resources, TaskKind,
+    TaskState,
+};
 pub use container::{ContainerConfig, ContainerState, ExitStatus, NetworkMode, RestartPolicy};
 pub use id::ContainerId;
 pub use image_ref::ImageRef;

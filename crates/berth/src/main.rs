@@ -25,6 +25,10 @@ fn main() {
                 foreground,
             ));
         }
+        Some("__task-shim") => {
+            // A cluster agent's command task: `berth __task-shim [--enter] DIR`.
+            std::process::exit(berth_agent::task_shim_main(&args[2..]));
+        }
         Some("__exec") => {
             let json = args.get(2).cloned().unwrap_or_default();
             std::process::exit(berth_engine::exec_helper::exec_main(
@@ -69,7 +73,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if !matches!(cli.command, cli::Command::Up(_)) {
+    if !matches!(
+        cli.command,
+        cli::Command::Up(_) | cli::Command::Server(_) | cli::Command::Agent(_)
+    ) {
         berth_runtime::tty::default_sigpipe();
     }
     let code = match cli::run(cli) {

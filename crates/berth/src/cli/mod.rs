@@ -2,11 +2,13 @@
 //! one declares the flags (Docker's spellings) and dispatches.
 
 mod build;
+pub mod cluster;
 mod containers;
 mod images;
+mod push;
 mod run;
 mod stream;
-mod up;
+pub mod up;
 
 use berth_api::Client;
 use clap::{Args, Parser, Subcommand};
@@ -119,6 +121,30 @@ pub enum Command {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Push a local image to the cluster's registry
+    Push {
+        image: String,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a cluster server (Raft member), or list and change the servers
+    Server(cluster::server::ServerArgs),
+    /// Run a cluster agent: offer this machine's resources and run tasks
+    Agent(cluster::agent::AgentArgs),
+    /// Batch jobs on the cluster
+    #[command(subcommand)]
+    Job(cluster::jobs::JobCommand),
+    /// Tasks on the cluster
+    #[command(subcommand)]
+    Task(cluster::jobs::TaskCommand),
+    /// Nodes (agents) of the cluster
+    #[command(subcommand)]
+    Node(cluster::jobs::NodeCommand),
+    /// Frameworks subscribed to the cluster
+    #[command(subcommand)]
+    Framework(cluster::jobs::FrameworkCommand),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -129,14 +155,17 @@ pub struct JsonFlag {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    if let Command::Up(args) = cli.command {
-        return up::run(args, cli.socket);
-    }
+    let command = match cli.command {
+        Command::Up(args) => return up::run(args, cli.socket),
+        Command::Server(args) => return cluster::server::run(args),
+        Command::Agent(args) => return cluster::agent::run(args),
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let client = Client::new(&cli.socket);
-    let result = rt.block_on(dispatch(client, cli.command));
+    let result = rt.block_on(dispatch(client, command));
     // A task may still sit in a blocking read of our stdin (run -i, exec
     // -i): do not wait for it.
     rt.shutdown_background();
@@ -145,7 +174,21 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 
 async fn dispatch(c: Client, cmd: Command) -> anyhow::Result<i32> {
     match cmd {
-        Command::Up(_) => unreachable!("handled before the runtime starts"),
+        Command::Up(_) | Command::Server(_) | Command::Agent(_) => {
+            unreachable!("roles are started before the runtime")
+        }
+        Command::Push {
+            image,
+            cluster,
+            json,
+        } => {
+            let servers = cluster::clean_servers(&cluster.servers)?;
+            push::push(&c, &image, servers, cluster.resolved_token(), json).await
+        }
+        Command::Job(sub) => cluster::jobs::job(sub).await,
+        Command::Task(sub) => cluster::jobs::task(sub).await,
+        Command::Node(sub) => cluster::jobs::node(sub).await,
+        Command::Framework(sub) => cluster::jobs::framework(sub).await,
         Command::Info { json } => containers::info(&c, json).await,
         Command::Images(a) => images::list(&c, a).await,
         Command::Image(sub) => images::run(&c, sub).await,

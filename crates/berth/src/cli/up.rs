@@ -1,4 +1,6 @@
-//! `berth up`: the node daemon in the foreground.
+//! `berth up`: the node daemon in the foreground, and with it a one-server
+//! cluster and a local agent in the same process, so `berth job run` works
+//! on a single machine with nothing else to install.
 
 use anyhow::Context;
 use clap::Args;
@@ -18,6 +20,18 @@ pub struct UpArgs {
     /// Log format: text or json
     #[arg(long, default_value = "text")]
     pub log_format: String,
+    /// Address of the embedded cluster server's API
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    pub cluster_listen: std::net::SocketAddr,
+    /// Run only the node daemon: no cluster server, no agent
+    #[arg(long)]
+    pub no_cluster: bool,
+    /// Resources the local agent advertises (default: detected)
+    #[arg(long)]
+    pub resources: Option<String>,
+    /// Attributes of the local agent, e.g. 'rack:1-1;os:linux'
+    #[arg(long, default_value = "")]
+    pub attributes: String,
 }
 
 pub fn run(args: UpArgs, socket: PathBuf) -> anyhow::Result<i32> {
@@ -45,6 +59,56 @@ pub fn run(args: UpArgs, socket: PathBuf) -> anyhow::Result<i32> {
         .worker_threads(4)
         .enable_all()
         .build()?;
-    rt.block_on(crate::daemon::serve(cfg, socket))?;
+    let cluster = if args.no_cluster {
+        None
+    } else {
+        Some(embedded_cluster(
+            &cfg.data_dir,
+            args.cluster_listen,
+            args.resources.as_deref(),
+            &args.attributes,
+        )?)
+    };
+    rt.block_on(crate::daemon::serve(cfg, socket, cluster))?;
     Ok(0)
+}
+
+/// The cluster roles `berth up` runs next to the node daemon.
+pub struct EmbeddedCluster {
+    pub server: berth_server::server::ServerConfig,
+    pub agent: berth_agent::AgentConfig,
+}
+
+fn embedded_cluster(
+    data_dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    resources: Option<&str>,
+    attributes: &str,
+) -> anyhow::Result<EmbeddedCluster> {
+    let token = crate::cli::cluster::local_token(data_dir)?;
+    let mut server = berth_server::server::ServerConfig::new(data_dir.join("server"), listen);
+    server.token = Some(token.clone());
+    server
+        .builtins
+        .push(("batch".into(), berth_server::batch::builtin()));
+    let agent_dir = data_dir.join("agent");
+    let resources = match resources {
+        None => None,
+        Some(r) => Some(
+            berth_types::Resources::parse_with_defaults(r, berth_agent::detect_resources(data_dir))
+                .context("invalid --resources")?,
+        ),
+    };
+    let agent = berth_agent::AgentConfig {
+        data_dir: agent_dir,
+        servers: vec![listen.to_string()],
+        token: Some(token),
+        listen: None,
+        resources,
+        attributes: berth_types::parse_attributes(attributes).context("invalid --attributes")?,
+        hostname: None,
+        simulate: false,
+        wait_ms: 2000,
+    };
+    Ok(EmbeddedCluster { server, agent })
 }

@@ -2,6 +2,7 @@
 
 mod containers;
 mod images;
+mod push;
 mod streams;
 
 use anyhow::Context;
@@ -88,6 +89,7 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/images/inspect", get(images::inspect))
         .route("/v1/images/tag", post(images::tag))
         .route("/v1/images/prune", post(images::prune))
+        .route("/v1/images/push", post(push::push))
         .route("/v1/build", post(images::build))
         .route("/v1/_ping", delete(ping).get(ping))
         .with_state(engine)
@@ -97,7 +99,11 @@ async fn ping() -> &'static str {
     "OK"
 }
 
-pub async fn serve(cfg: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: EngineConfig,
+    socket: PathBuf,
+    cluster: Option<crate::cli::up::EmbeddedCluster>,
+) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -130,11 +136,58 @@ pub async fn serve(cfg: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
             "shutting down; containers keep running and are re-adopted at the next start"
         );
     };
-    axum::serve(listener, router(engine))
+    // The cluster roles stop with the daemon: one signal ends all three.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut roles = tokio::task::JoinSet::new();
+    if let Some(cluster) = cluster {
+        let server_addr = cluster.server.listen;
+        roles.spawn(
+            berth_server::server::run(cluster.server, stopped(stop_rx.clone()))
+                .map_err_to_anyhow("cluster server"),
+        );
+        roles.spawn(
+            berth_agent::run(
+                cluster.agent,
+                Some(engine.clone()),
+                stopped(stop_rx.clone()),
+            )
+            .map_err_to_anyhow("cluster agent"),
+        );
+        tracing::info!(api = %server_addr, "cluster server and local agent started");
+    }
+    let served = axum::serve(listener, router(engine))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    let _ = stop_tx.send(true);
+    while let Some(r) = roles.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "cluster role stopped with an error");
+        }
+    }
+    served?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Turns a role's library error into an anyhow error naming the role.
+trait RoleResult {
+    fn map_err_to_anyhow(
+        self,
+        role: &'static str,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl<F, E> RoleResult for F
+where
+    F: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display,
+{
+    async fn map_err_to_anyhow(self, role: &'static str) -> anyhow::Result<()> {
+        self.await.map_err(|e| anyhow::anyhow!("{role}: {e}"))
+    }
 }
 
 /// One printable line of at most 400 characters, cut where binary begins:
