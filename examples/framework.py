@@ -30,6 +30,7 @@ import http.client
 import json
 import os
 import signal
+import ssl
 import sys
 import time
 import urllib.parse
@@ -40,6 +41,7 @@ MAX_REDIRECTS = 5
 # Largest RecordIO record accepted (the server's own limit).
 MAX_RECORD = 64 << 20
 TOKEN_FILE = "/var/lib/berth/cluster-token"
+CACERT_FILE = "/var/lib/berth/server/ca.pem"
 
 
 class ApiError(Exception):
@@ -59,17 +61,28 @@ class Connection:
     """HTTP requests to the cluster, following redirects to the leader
     and moving over the given servers when one cannot be reached."""
 
-    def __init__(self, servers, token, timeout=10.0):
+    def __init__(self, servers, token, cacert=None, timeout=10.0):
         self.servers = servers
         self.current = servers[0]
         self.token = token
         self.timeout = timeout
+        # With a CA file the servers speak HTTPS (every cluster with a
+        # token does); only that CA is trusted.
+        self.tls = ssl.create_default_context(cafile=cacert) if cacert else None
+        if self.tls:
+            # Servers are reached by IP and their certificate is checked
+            # against the cluster CA only (docs/cluster-tls.md).
+            self.tls.check_hostname = False
+        self.scheme = "https" if self.tls else "http"
 
     def _connect(self, server, timeout):
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit():
             raise ApiError("server %r: expected host:port" % server)
         host = host.strip("[]")
+        if self.tls:
+            return http.client.HTTPSConnection(host, int(port), timeout=timeout,
+                                               context=self.tls)
         return http.client.HTTPConnection(host, int(port), timeout=timeout)
 
     def headers(self, stream_id=None):
@@ -109,7 +122,7 @@ class Connection:
                     raise ApiError("%s: bad or too many redirects (last %r)"
                                    % (server, location))
                 url = urllib.parse.urlsplit(
-                    urllib.parse.urljoin("http://%s%s" % (server, path), location))
+                    urllib.parse.urljoin("%s://%s%s" % (self.scheme, server, path), location))
                 server = url.netloc
                 path = url.path + ("?" + url.query if url.query else "")
                 continue
@@ -359,6 +372,11 @@ class Framework:
                 return
 
 
+def default_cacert():
+    """The CA `berth up`'s embedded server writes next to its data."""
+    return CACERT_FILE if os.path.exists(CACERT_FILE) else None
+
+
 def default_token():
     """The token `berth up` keeps for its embedded cluster (root only)."""
     try:
@@ -377,6 +395,10 @@ def main():
     p.add_argument("--token", default=os.environ.get("BERTH_TOKEN") or default_token(),
                    help="cluster token (default: $BERTH_TOKEN, or the one "
                         "`berth up` wrote to %s)" % TOKEN_FILE)
+    p.add_argument("--cacert", default=os.environ.get("BERTH_CACERT") or default_cacert(),
+                   help="the cluster CA certificate (a server writes it to DATA_DIR/ca.pem; "
+                        "default: $BERTH_CACERT, or %s if it exists); without it, plain HTTP"
+                        % CACERT_FILE)
     p.add_argument("--name", default="example",
                    help="framework name, also the start of task ids")
     p.add_argument("--role", default="*", help="role for DRF accounting")
@@ -394,7 +416,7 @@ def main():
         p.error("--tasks, --cpus and --mem must be positive, --retries not negative")
 
     servers = [s.strip() for s in args.server.split(",") if s.strip()]
-    fw = Framework(args, Connection(servers, args.token))
+    fw = Framework(args, Connection(servers, args.token, args.cacert))
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt

@@ -24,4 +24,14 @@ berth rm -f web >/dev/null 2>&1 || true
 berth run -d -p 8000:8000 --name web busybox httpd -f -p 8000 -h /www
 for _ in $(seq 50); do curl -fsS http://localhost:8000/ && break; sleep 0.1; done
 berth ps
-echo "berth is up: try 'berth ps', 'berth logs web', 'berth exec web ls /www'; the daemon logs to /var/log/berth.log"
+# The embedded one-server cluster and local agent: a small batch job.
+for _ in $(seq 100); do berth node ls >/dev/null 2>&1 && break; sleep 0.1; done
+job=$(mktemp --suffix=.toml)
+printf 'name = "hello"\ninstances = 2\ncommand = "echo hello from the cluster"\ncpus = 0.1\nmem = 16\n' > "$job"
+berth job stop hello >/dev/null 2>&1 || true
+berth job run "$job"
+rm -f "$job"
+for _ in $(seq 100); do berth job status hello --json | grep -q '"status": "finished"' && break; sleep 0.1; done
+berth task ls --job hello
+berth node ls
+echo "berth is up: try 'berth ps', 'berth logs web', 'berth exec web ls /www', 'berth job status hello'; the daemon logs to /var/log/berth.log"

@@ -5,6 +5,7 @@ use crate::command::{CommandConfig, CommandExecutor};
 use crate::config::AgentConfig;
 use crate::container::ContainerExecutor;
 use crate::core::Core;
+use crate::enrol::AgentCert;
 use crate::error::AgentError;
 use crate::reconcile::{self, LocalState};
 use crate::resources::{detect_resources, hostname};
@@ -56,12 +57,20 @@ pub(crate) fn save_identity(path: &Path, id: &Identity) -> Result<(), AgentError
     write_atomic_sync(path, &bytes).map_err(|e| AgentError::io("writing", path, e))
 }
 
-/// A client whose attempts outlast the long poll.
-pub(crate) fn cluster_client(cfg: &AgentConfig) -> ClusterClient {
+/// A client whose attempts outlast the long poll: with a token, mutual
+/// TLS presenting `cert` (see [`ClusterClient::for_cluster`]).
+pub(crate) fn cluster_client(
+    cfg: &AgentConfig,
+    cert: Option<&AgentCert>,
+) -> Result<ClusterClient, AgentError> {
     let wait = Duration::from_millis(cfg.wait_ms);
-    ClusterClient::new(cfg.servers.clone(), cfg.token.clone())
-        .with_attempt_timeout(wait + Duration::from_secs(5))
-        .with_deadline((wait + Duration::from_secs(10)).max(Duration::from_secs(10)))
+    Ok(ClusterClient::for_cluster(
+        cfg.servers.clone(),
+        cfg.token.clone(),
+        cert.map(|c| &c.identity),
+    )?
+    .with_attempt_timeout(wait + Duration::from_secs(5))
+    .with_deadline((wait + Duration::from_secs(10)).max(Duration::from_secs(10))))
 }
 
 /// Backoff after `failures` failed calls in a row: 0.5 s doubling to 5 s.
@@ -70,15 +79,39 @@ pub(crate) fn backoff(failures: u32) -> Duration {
         .min(Duration::from_secs(5))
 }
 
-/// Registration errors no retry can fix: the servers refuse this agent.
+/// Registration errors no retry can fix: the servers refuse this agent
+/// (token, certificate, TLS) or its registration.
 pub(crate) fn is_fatal(e: &berth_api::cluster_client::ClusterClientError) -> bool {
-    matches!(e.status(), Some(400 | 401 | 403))
+    e.is_auth_failure() || e.status() == Some(400)
 }
 
-/// Sync errors no retry can fix: a bad token. (A 400 on a sync is retried:
-/// the agent should not stop running its tasks over one bad request.)
+/// Sync errors no retry can fix: a bad token or certificate. (A 400 on a
+/// sync is retried: the agent should not stop running its tasks over one
+/// bad request.)
 pub(crate) fn is_fatal_sync(e: &berth_api::cluster_client::ClusterClientError) -> bool {
-    matches!(e.status(), Some(401 | 403))
+    e.is_auth_failure()
+}
+
+/// With a token: this agent's certificate (see [`crate::enrol`]), enrolling
+/// under the id in `agent.json` when there is none, and `agent.json`
+/// updated to the id the certificate names.
+pub(crate) async fn agent_cert(
+    cfg: &AgentConfig,
+    identity: &mut Identity,
+    identity_path: &Path,
+) -> Result<Option<AgentCert>, AgentError> {
+    let Some(token) = cfg.token.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let cert_path = cfg.data_dir.join(berth_tls::IDENTITY_FILE);
+    let cert =
+        crate::enrol::ensure_cert(cfg, token, Some(&cert_path), identity.agent_id.as_deref())
+            .await?;
+    if identity.agent_id.as_deref() != Some(cert.agent_id.as_str()) {
+        identity.agent_id = Some(cert.agent_id.clone());
+        save_identity(identity_path, identity)?;
+    }
+    Ok(Some(cert))
 }
 
 pub(crate) fn status(agent_id: &str, ev: &TaskEvent) -> TaskStatus {
@@ -201,17 +234,24 @@ pub async fn run_with_engine(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
+    tokio::pin!(shutdown);
     let data_dir = cfg.data_dir.clone();
     let tasks_dir = data_dir.join("tasks");
     std::fs::create_dir_all(&tasks_dir).map_err(|e| AgentError::io("creating", &tasks_dir, e))?;
     let identity_path = data_dir.join("agent.json");
-    let identity = load_identity(&identity_path)?;
+    let mut identity = load_identity(&identity_path)?;
+    // Before anything else: a wrong token must stop the agent at once, and
+    // the container executor needs the finished client.
+    let cert = tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        c = agent_cert(&cfg, &mut identity, &identity_path) => c?,
+    };
     let queue = UpdateQueue::open(data_dir.join("updates.json"))?;
     let core = Arc::new(Core::new(
         identity.agent_id.clone().unwrap_or_default(),
         queue,
     ));
-    let client = cluster_client(&cfg);
+    let client = cluster_client(&cfg, cert.as_ref())?;
 
     if let Err(why) = &engine {
         tracing::warn!(error = %why, "container tasks are unavailable; command tasks still run");
@@ -297,7 +337,7 @@ pub async fn run_with_engine(
         &identity_path,
     );
     tokio::select! {
-        _ = shutdown => {
+        _ = &mut shutdown => {
             tracing::info!("agent shutting down; tasks keep running and are re-adopted at the next start");
             Ok(())
         }

@@ -17,6 +17,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// `host:port` of the cluster servers.
     pub servers: Vec<String>,
+    /// The cluster token. With it the agent enrols (its certificate is kept
+    /// in `DATA/cluster-identity.pem`) and speaks mutual TLS with the
+    /// servers; without it, plain HTTP (a cluster without a token).
     pub token: Option<String>,
     /// Serve GET /v1/health and /v1/tasks here.
     pub listen: Option<SocketAddr>,

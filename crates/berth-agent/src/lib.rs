@@ -6,7 +6,9 @@
 //! Everything the agent must not lose lives under its data directory:
 //! `agent.json` (its id), `updates.json` (status updates not yet
 //! acknowledged), `tasks/<task>/` (sandboxes, see [`sandbox`]) and
-//! `engine/` (the container engine's state).
+//! `engine/` (the container engine's state); with a cluster token also
+//! `cluster-identity.pem`, its certificate for mutual TLS with the servers
+//! (see `enrol.rs`).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -14,6 +16,7 @@ pub mod command;
 pub mod config;
 pub mod container;
 pub mod core;
+mod enrol;
 pub mod error;
 pub mod http;
 pub mod pull;

@@ -1,7 +1,8 @@
 //! Getting a container task's image onto this node: an image the engine
 //! lacks is pulled from the cluster's registry (served by every server,
 //! each fetching from its peers what it lacks), trying each server in
-//! turn. Layers the node already has are not downloaded.
+//! turn, over HTTPS when the cluster has a token. Layers the node already
+//! has are not downloaded.
 
 use crate::error::AgentError;
 use berth_api::cluster_client::ClusterClient;
@@ -25,8 +26,8 @@ pub async fn ensure_image(
             servers.push(s.clone());
         }
     }
-    // ClusterClient does not expose its token yet; with an auth-enabled
-    // cluster the pull fails with a clear 401 until it does.
+    // With the token the registry is reached over HTTPS under the cluster
+    // CA (see `distribution::with_servers`).
     pull_image(&servers, client.token(), engine, image)
         .await
         .map(|_| ())

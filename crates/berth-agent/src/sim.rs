@@ -2,10 +2,14 @@
 //! and report them RUNNING (and KILLED when killed) without running
 //! anything. Many share one process, one client and one connection pool,
 //! for placement benchmarks (thousands of agents, 100,000 tasks).
+//!
+//! With a token they also share one certificate: the process enrols once as
+//! [`SIM_AGENT_WILDCARD`], which the servers accept for every `sim-*` agent,
+//! so thousands of agents cost one enrolment, not thousands.
 
 use crate::agent::{
-    backoff, cluster_client, is_fatal, is_fatal_sync, load_identity, save_identity, status,
-    Identity, MAX_UPDATES_PER_SYNC,
+    agent_cert, backoff, cluster_client, is_fatal, is_fatal_sync, load_identity, save_identity,
+    status, Identity, MAX_UPDATES_PER_SYNC,
 };
 use crate::config::AgentConfig;
 use crate::error::AgentError;
@@ -15,7 +19,7 @@ use crate::sink::{KillReason, TaskEvent};
 use berth_api::cluster::{
     AgentSyncRequest, AgentSyncResponse, RegisterAgentRequest, RegisterAgentResponse, TaskStatus,
 };
-use berth_api::cluster_client::ClusterClient;
+use berth_api::cluster_client::{ClusterClient, SIM_AGENT_WILDCARD};
 use berth_types::cluster::{Attributes, Resources, TaskState};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -46,7 +50,15 @@ pub async fn run_simulated(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
-    let client = cluster_client(&cfg);
+    tokio::pin!(shutdown);
+    let cert = match cfg.token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) => tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            c = crate::enrol::ensure_cert(&cfg, token, None, Some(SIM_AGENT_WILDCARD)) => Some(c?),
+        },
+        None => None,
+    };
+    let client = cluster_client(&cfg, cert.as_ref())?;
     let resources = cfg
         .resources
         .unwrap_or_else(|| detect_resources(&cfg.data_dir));
@@ -80,7 +92,7 @@ pub async fn run_simulated(
         Ok(())
     };
     tokio::select! {
-        _ = shutdown => Ok(()),
+        _ = &mut shutdown => Ok(()),
         r = first_failure => r,
     }
 }
@@ -93,8 +105,14 @@ pub(crate) async fn run_one(
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| AgentError::io("creating", &cfg.data_dir, e))?;
+    tokio::pin!(shutdown);
     let identity_path = cfg.data_dir.join("agent.json");
-    let identity = load_identity(&identity_path)?;
+    let mut identity = load_identity(&identity_path)?;
+    // One simulated agent enrols like a real one, under its own id.
+    let cert = tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        c = agent_cert(&cfg, &mut identity, &identity_path) => c?,
+    };
     let spec = SimSpec {
         agent_id: identity.agent_id,
         hostname: cfg.hostname.clone().unwrap_or_else(hostname),
@@ -105,9 +123,9 @@ pub(crate) async fn run_one(
         wait_ms: cfg.wait_ms,
         identity_path: Some(identity_path),
     };
-    let client = cluster_client(&cfg);
+    let client = cluster_client(&cfg, cert.as_ref())?;
     tokio::select! {
-        _ = shutdown => Ok(()),
+        _ = &mut shutdown => Ok(()),
         r = sim_agent(client, spec, Arc::new(Semaphore::new(1))) => r,
     }
 }

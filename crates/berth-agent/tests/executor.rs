@@ -52,6 +52,7 @@ fn main() {
         ("launch_failure_is_reported", launch_failure_is_reported),
         ("agent_against_fake_server", agent_against_fake_server),
         ("simulated_agents", simulated_agents),
+        ("agent_and_server_over_mtls", agent_and_server_over_mtls),
         ("container_tasks", container::container_tasks),
     ];
     let mut failed = Vec::new();
@@ -492,8 +493,14 @@ fn launch_failure_is_reported() {
 
 // ------------------------------------------------------------------ agent loop
 
+/// The fake cluster's token.
+const TOKEN: &str = "t0123456789abcdef-agent-tests";
+
 mod fake {
-    //! A fake cluster server: just enough of the agent API to drive an agent.
+    //! A fake cluster server: just enough of the agent API to drive an
+    //! agent, over mutual TLS under the cluster CA of [`super::TOKEN`] as
+    //! servers with a token speak, enrolment included.
+    use super::TOKEN;
     use axum::extract::State;
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
@@ -516,12 +523,17 @@ mod fake {
         /// Answer syncs with 503 (no leader).
         pub unavailable: bool,
         pub unauthorized: usize,
+        /// The certificate CN of each registration and sync.
+        pub peers: BTreeSet<String>,
+        /// Agent ids enrolled, in order.
+        pub enrolled: Vec<String>,
     }
 
     pub type Shared = Arc<Mutex<Fake>>;
 
     fn authorized(s: &Shared, h: &HeaderMap) -> bool {
-        let ok = h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer tok");
+        let want = format!("Bearer {TOKEN}");
+        let ok = h.get("authorization").and_then(|v| v.to_str().ok()) == Some(want.as_str());
         if !ok {
             s.lock().unwrap().unauthorized += 1;
         }
@@ -538,13 +550,52 @@ mod fake {
             .into_response()
     }
 
+    async fn enrol(
+        State(s): State<Shared>,
+        h: HeaderMap,
+        Json(req): Json<berth_api::cluster_client::EnrolRequest>,
+    ) -> Response {
+        if !authorized(&s, &h) {
+            return err(StatusCode::UNAUTHORIZED, "unauthorized: bad token");
+        }
+        let id = req.agent_id.unwrap_or_else(|| "agent-1".into());
+        let ca = berth_tls::ClusterCa::from_token(TOKEN).unwrap();
+        let cert_pem = ca.sign_agent_csr(&req.csr_pem, &id).unwrap();
+        s.lock().unwrap().enrolled.push(id.clone());
+        Json(berth_api::cluster_client::EnrolResponse {
+            agent_id: id,
+            cert_pem,
+        })
+        .into_response()
+    }
+
+    /// Records the CN of the caller's certificate; the refusal (403) when
+    /// it has none.
+    fn refuse_without_cert(s: &Shared, peer: &berth_tls::PeerIdentity) -> Option<Response> {
+        match peer.agent_id() {
+            Some(_) => {
+                let cn = peer.common_name().unwrap_or_default().to_string();
+                s.lock().unwrap().peers.insert(cn);
+                None
+            }
+            None => Some(err(
+                StatusCode::FORBIDDEN,
+                "forbidden: no agent certificate",
+            )),
+        }
+    }
+
     async fn register(
         State(s): State<Shared>,
+        p: berth_tls::PeerIdentity,
         h: HeaderMap,
         Json(req): Json<RegisterAgentRequest>,
     ) -> Response {
         if !authorized(&s, &h) {
             return err(StatusCode::UNAUTHORIZED, "unauthorized: bad token");
+        }
+        if let Some(r) = refuse_without_cert(&s, &p) {
+            return r;
         }
         let id = req.agent_id.clone().unwrap_or_else(|| "agent-1".into());
         s.lock().unwrap().registrations.push(req);
@@ -558,11 +609,15 @@ mod fake {
 
     async fn sync(
         State(s): State<Shared>,
+        p: berth_tls::PeerIdentity,
         h: HeaderMap,
         Json(req): Json<AgentSyncRequest>,
     ) -> Response {
         if !authorized(&s, &h) {
             return err(StatusCode::UNAUTHORIZED, "unauthorized: bad token");
+        }
+        if let Some(r) = refuse_without_cert(&s, &p) {
+            return r;
         }
         let quiet = {
             let f = s.lock().unwrap();
@@ -611,14 +666,16 @@ mod fake {
     pub async fn start() -> (String, Shared, tokio::task::JoinHandle<()>) {
         let shared: Shared = Arc::default();
         let app = Router::new()
+            .route("/v1/agents/enrol", post(enrol))
             .route("/v1/agents/register", post(register))
             .route("/v1/agents/sync", post(sync))
             .with_state(shared.clone());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let h = tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
+        let ca = berth_tls::ClusterCa::from_token(TOKEN).unwrap();
+        let id = ca.issue_server("fake", &[]).unwrap();
+        let tls = berth_tls::server_config(&ca, &id).unwrap();
+        let h = tokio::spawn(berth_tls::serve_tls(l, tls, app, std::future::pending()));
         (addr, shared, h)
     }
 
@@ -689,7 +746,7 @@ fn agent_against_fake_server() {
     rt().block_on(async {
         let (addr, fake, server) = fake::start().await;
         let mut cfg = berth_agent::AgentConfig::new(env.dir.path(), vec![addr]);
-        cfg.token = Some("tok".into());
+        cfg.token = Some(TOKEN.into());
         cfg.wait_ms = 200;
         cfg.resources = Some(Resources::new(2.0, 1024, 1000));
         cfg.hostname = Some("node-a".into());
@@ -701,7 +758,10 @@ fn agent_against_fake_server() {
         {
             let f = fake.lock().unwrap();
             let r = &f.registrations[0];
-            assert_eq!(r.agent_id, None);
+            // Enrolment gave the agent its id and certificate first.
+            assert_eq!(f.enrolled, ["agent-1"]);
+            assert_eq!(r.agent_id.as_deref(), Some("agent-1"));
+            assert!(f.peers.contains("agent:agent-1"), "{:?}", f.peers);
             assert_eq!(r.hostname, "node-a");
             assert_eq!(r.resources, Resources::new(2.0, 1024, 1000));
         }
@@ -761,6 +821,7 @@ fn agent_against_fake_server() {
             let f = fake.lock().unwrap();
             let r = f.registrations.last().unwrap();
             assert_eq!(r.agent_id.as_deref(), Some("agent-1"), "saved id reused");
+            assert_eq!(f.enrolled.len(), 1, "saved certificate reused");
             let running: Vec<&str> = r.running.iter().map(|s| s.task_id.as_str()).collect();
             assert_eq!(running, ["slow"], "recovered task reported at registration");
             assert_eq!(f.last("late").unwrap().exit_code, Some(4));
@@ -806,13 +867,38 @@ fn agent_against_fake_server() {
         assert_eq!(fake.lock().unwrap().unauthorized, 0);
         agent.stop().await;
 
-        // A wrong token is fatal: the agent says so instead of retrying.
+        // A wrong token is fatal: the servers' certificate is not of this
+        // token's cluster, and the agent says so at once instead of
+        // retrying; its saved certificate stays.
+        let saved = std::fs::read(env.dir.path().join("cluster-identity.pem")).unwrap();
         let mut bad = cfg.clone();
-        bad.token = Some("wrong".into());
+        bad.token = Some("t0123456789abcdef-another-cluster".into());
+        let t0 = Instant::now();
         let err = berth_agent::run_with_engine(bad, Err("none".into()), std::future::pending())
             .await
             .unwrap_err();
-        assert_eq!(err.to_string(), "unauthorized: bad token");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let text = err.to_string();
+        assert!(text.contains("wrong --token"), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(
+            std::fs::read(env.dir.path().join("cluster-identity.pem")).unwrap(),
+            saved
+        );
+        // No token against servers that have one: said too.
+        let mut none = cfg.clone();
+        none.token = None;
+        let err = berth_agent::run_with_engine(none, Err("none".into()), std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("--token or BERTH_TOKEN"), "{err}");
+        // A token too short to be a cluster's.
+        let mut short = cfg.clone();
+        short.token = Some("tok".into());
+        let err = berth_agent::run_with_engine(short, Err("none".into()), std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("token is too short"), "{err}");
         server.abort();
     });
 }
@@ -822,7 +908,7 @@ fn simulated_agents() {
         let (addr, fake, server) = fake::start().await;
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = berth_agent::AgentConfig::new(dir.path(), vec![addr]);
-        cfg.token = Some("tok".into());
+        cfg.token = Some(TOKEN.into());
         cfg.wait_ms = 200;
         cfg.resources = Some(Resources::new(8.0, 8192, 0));
         const AGENTS: usize = 300;
@@ -849,6 +935,12 @@ fn simulated_agents() {
                 .registrations
                 .iter()
                 .all(|r| r.agent_id.as_deref() == Some(r.hostname.as_str())));
+            // One enrolment and one certificate for all of them.
+            assert_eq!(f.enrolled, ["sim-*"]);
+            assert_eq!(
+                f.peers.iter().collect::<Vec<_>>(),
+                [&"agent:sim-*".to_string()]
+            );
         }
         let t0 = Instant::now();
         {
@@ -882,6 +974,87 @@ fn simulated_agents() {
         let _ = tx.send(());
         sims.await.unwrap().unwrap();
         server.abort();
+    });
+}
+
+/// A real server with a token (HTTPS only) and a real agent: the agent
+/// enrols, registers and syncs over mutual TLS, and a job's task runs to
+/// FINISHED; the CLI's kind of client (token, no certificate) drives it.
+fn agent_and_server_over_mtls() {
+    use berth_api::cluster::{NodeView, TaskView};
+    use berth_api::cluster_client::ClusterClient;
+    let env = Env::new("mtls");
+    rt().block_on(async {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let server_dir = env.dir.path().join("server");
+        let mut scfg = berth_server::server::ServerConfig::new(&server_dir, addr);
+        scfg.token = Some(TOKEN.into());
+        scfg.builtins
+            .push(("batch".into(), berth_server::batch::builtin()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(berth_server::server::run(scfg, async {
+            let _ = stop_rx.await;
+        }));
+
+        let mut cfg =
+            berth_agent::AgentConfig::new(env.dir.path().join("agent"), vec![addr.to_string()]);
+        cfg.token = Some(TOKEN.into());
+        cfg.wait_ms = 200;
+        cfg.resources = Some(Resources::new(2.0, 1024, 1000));
+        cfg.hostname = Some("mtls-node".into());
+        let t0 = Instant::now();
+        let agent = RunningAgent::start(cfg.clone());
+
+        let cli = ClusterClient::for_cluster(vec![addr.to_string()], Some(TOKEN.into()), None)
+            .unwrap()
+            .with_deadline(Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let node = loop {
+            let nodes: Vec<NodeView> = cli.get_json("/v1/nodes").await.unwrap();
+            if let Some(n) = nodes.into_iter().find(|n| n.hostname == "mtls-node") {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "the agent never registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!("  agent enrolled and registered in {:?}", t0.elapsed());
+        let saved = std::fs::read_to_string(env.dir.path().join("agent/cluster-identity.pem"))
+            .expect("the agent keeps its certificate");
+        let ca = berth_tls::ClusterCa::from_token(TOKEN).unwrap();
+        assert_eq!(
+            ca.check_issued(&saved).unwrap().common_name,
+            format!("agent:{}", node.id)
+        );
+
+        let spec = berth_types::cluster::JobSpec::from_toml(
+            "hello.toml",
+            "name = \"hello\"\ncommand = \"exit 0\"\ncpus = 0.1\nmem = 32\n",
+        )
+        .unwrap();
+        let _: serde_json::Value = cli.post_json("/v1/jobs", &spec).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let tasks: Vec<TaskView> = cli.get_json("/v1/tasks?job=hello").await.unwrap();
+            if tasks.iter().any(|t| t.state == TaskState::Finished) {
+                assert_eq!(tasks[0].node, node.id);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the task never finished: {tasks:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        agent.stop().await;
+        let _ = stop_tx.send(());
+        tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
     });
 }
 

@@ -10,12 +10,18 @@
 //!
 //! A request may reach the servers more than once when a server fails while
 //! answering; the cluster APIs are idempotent by id or uuid for that reason.
+//!
+//! Security: a cluster with a token serves HTTPS only, under the cluster CA
+//! every token holder derives from the token ([`ClusterClient::for_cluster`]
+//! builds such a client; agents add their certificate). TLS failures no
+//! retry can fix (another cluster's token, HTTP against HTTPS) end a call at
+//! once with [`ClusterClientError::Tls`] instead of retrying to the deadline.
 
 use crate::cluster::ClusterError;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +61,13 @@ pub enum ClusterClientError {
     Stream { server: String, detail: String },
     #[error("cluster client configuration: {0}")]
     Config(String),
+    /// TLS with a server failed in a way no retry fixes: `message` says
+    /// what to change (usually the token).
+    #[error("{server}: {message}")]
+    Tls { server: String, message: String },
+    /// The token cannot be used, e.g. too short to derive the cluster CA.
+    #[error("{0}")]
+    Token(String),
 }
 
 impl ClusterClientError {
@@ -70,6 +83,46 @@ impl ClusterClientError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, ClusterClientError::Unavailable { .. })
     }
+
+    /// True when the servers refuse who we are (token, certificate, TLS):
+    /// retrying the same call cannot succeed.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            ClusterClientError::Tls { .. } | ClusterClientError::Token(_)
+        ) || matches!(self.status(), Some(401 | 403))
+    }
+}
+
+/// `POST` here with an [`EnrolRequest`] (and the token, no certificate) to
+/// get an agent certificate.
+pub const ENROL_PATH: &str = "/v1/agents/enrol";
+/// Agent ids of simulated agents start with this.
+pub const SIM_AGENT_PREFIX: &str = "sim-";
+/// The agent id a simulated-agent process enrols under: its one
+/// certificate stands for every agent id starting with
+/// [`SIM_AGENT_PREFIX`], so thousands of simulated agents need neither
+/// thousands of enrolments nor thousands of certificates. It cannot be a
+/// real agent's id (`*` is not allowed in agent ids).
+pub const SIM_AGENT_WILDCARD: &str = "sim-*";
+
+/// Body of `POST /v1/agents/enrol`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    /// The id the agent has (a restart after a token change); `None` or
+    /// empty: the server assigns one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// From `berth_tls::agent_key_and_csr`; only its public key is used.
+    pub csr_pem: String,
+}
+
+/// Answer of `POST /v1/agents/enrol`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolResponse {
+    pub agent_id: String,
+    /// A client certificate with CN `agent:<agent_id>`, PEM.
+    pub cert_pem: String,
 }
 
 /// The body of a streaming answer, chunk by chunk.
@@ -149,6 +202,26 @@ impl ClusterClient {
         // the default client still works.
         let http = build_http(&settings).unwrap_or_default();
         Self::from_parts(servers, token, http, settings)
+    }
+
+    /// How the CLI and agents reach a cluster. With a token: HTTPS that
+    /// trusts only the cluster CA derived from the token, presenting
+    /// `identity` (an agent's certificate) when given. Without: plain HTTP,
+    /// which only a cluster without a token (development) serves.
+    pub fn for_cluster(
+        servers: Vec<String>,
+        token: Option<String>,
+        identity: Option<&berth_tls::Identity>,
+    ) -> Result<Self, ClusterClientError> {
+        let token = token.filter(|t| !t.is_empty());
+        let Some(t) = &token else {
+            return Ok(Self::new(servers, None));
+        };
+        let ca = berth_tls::ClusterCa::from_token(t)
+            .map_err(|e| ClusterClientError::Token(e.to_string()))?;
+        let tls = berth_tls::client_config(&ca, identity)
+            .map_err(|e| ClusterClientError::Token(e.to_string()))?;
+        Self::new(servers, token).with_tls((*tls).clone())
     }
 
     fn from_parts(
@@ -443,7 +516,15 @@ impl ClusterClient {
                         });
                     }
                 }
-                Ok(Err(e)) => format!("{server}: {}", describe_reqwest(&e)),
+                Ok(Err(e)) => {
+                    if let Some(message) = tls_mismatch(self.shared.scheme, &e) {
+                        return Err(ClusterClientError::Tls {
+                            server,
+                            message: message.to_string(),
+                        });
+                    }
+                    format!("{server}: {}", describe_reqwest(&e))
+                }
                 Err(_) => format!("{server}: no answer in time"),
             };
             tracing::debug!(server = %server, error = %failure, "cluster request attempt failed");
@@ -498,6 +579,59 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         src = s.source();
     }
     parts.join(": ")
+}
+
+/// Says it when a failed request means TLS cannot work with this server
+/// whatever we retry: a certificate of another cluster (another token), our
+/// certificate refused, or one side speaking HTTPS and the other not.
+pub(crate) fn tls_mismatch(scheme: &str, e: &reqwest::Error) -> Option<&'static str> {
+    if scheme == "https" {
+        if let Some(text) = berth_tls::explain_tls_error(e) {
+            return Some(text);
+        }
+        if chain_has(e, |c| {
+            matches!(
+                c.downcast_ref::<rustls::Error>(),
+                Some(rustls::Error::InvalidMessage(_))
+            )
+        }) {
+            return Some(PLAIN_SERVER);
+        }
+    } else if chain_has(e, |c| {
+        c.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_parse())
+    }) {
+        // A TLS server's alert is not an HTTP response.
+        return Some(TLS_SERVER);
+    }
+    None
+}
+
+/// What an HTTPS client hearing plain HTTP means here.
+pub const PLAIN_SERVER: &str = "the server does not speak TLS: it runs without a cluster token, so connect without one (or give the servers the token)";
+/// What a plain HTTP client hearing TLS means here.
+pub const TLS_SERVER: &str = "the server speaks HTTPS only because the cluster has a token: give it with --token or BERTH_TOKEN";
+
+/// Whether any error in `e`'s chain (stepping into io::Errors, whose
+/// `source()` skips what they wrap) satisfies `f`.
+fn chain_has(
+    e: &(dyn std::error::Error + 'static),
+    f: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if f(c) {
+            return true;
+        }
+        cur = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    false
 }
 
 /// The leader's `host:port` and path from a redirect's Location, which may
@@ -879,6 +1013,107 @@ mod tests {
             .with_deadline(Duration::from_secs(1));
         assert_eq!(c.shared.scheme, "https");
         assert!(format!("{c:?}").contains("tls: true"));
+    }
+
+    const TLS_TOKEN: &str = "t0123456789abcdef-cluster";
+
+    /// A TLS server of the cluster of `token` answering who called.
+    async fn start_tls(token: &str) -> (String, tokio::task::JoinHandle<()>) {
+        let ca = berth_tls::ClusterCa::from_token(token).unwrap();
+        let id = ca.issue_server("1", &[]).unwrap();
+        let tls = berth_tls::server_config(&ca, &id).unwrap();
+        let app = Router::new().route(
+            "/v1/who",
+            get(|peer: berth_tls::PeerIdentity, h: AxHeaders| async move {
+                let auth = h
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                Json(serde_json::json!({
+                    "cn": peer.common_name().unwrap_or("none"),
+                    "auth": auth,
+                }))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(berth_tls::serve_tls(
+            listener,
+            tls,
+            app,
+            std::future::pending(),
+        ));
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn https_under_the_cluster_ca_with_and_without_a_certificate() {
+        let (addr, task) = start_tls(TLS_TOKEN).await;
+        let c =
+            ClusterClient::for_cluster(vec![addr.clone()], Some(TLS_TOKEN.into()), None).unwrap();
+        assert_eq!(c.shared.scheme, "https");
+        let v: serde_json::Value = c.get_json("/v1/who").await.unwrap();
+        assert_eq!(v["cn"], "none");
+        assert_eq!(v["auth"], format!("Bearer {TLS_TOKEN}"));
+        // An agent presents its certificate.
+        let ca = berth_tls::ClusterCa::from_token(TLS_TOKEN).unwrap();
+        let (key_pem, csr) = berth_tls::agent_key_and_csr("a1").unwrap();
+        let cert_pem = ca.sign_agent_csr(&csr, "a1").unwrap();
+        let id = berth_tls::Identity { cert_pem, key_pem };
+        let c = ClusterClient::for_cluster(vec![addr], Some(TLS_TOKEN.into()), Some(&id)).unwrap();
+        let v: serde_json::Value = c.get_json("/v1/who").await.unwrap();
+        assert_eq!(v["cn"], "agent:a1");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn tls_mismatches_fail_at_once_and_say_what_to_change() {
+        let (addr, task) = start_tls(TLS_TOKEN).await;
+        let plain = start("plain", None, 0).await;
+        let cases: Vec<(ClusterClient, &str)> = vec![
+            // Another cluster's token: the server's certificate is foreign.
+            (
+                ClusterClient::for_cluster(
+                    vec![addr.clone()],
+                    Some("t0123456789abcdef-elsewhere".into()),
+                    None,
+                )
+                .unwrap(),
+                "wrong --token",
+            ),
+            // No token against a cluster that has one.
+            (
+                ClusterClient::for_cluster(vec![addr.clone()], None, None).unwrap(),
+                TLS_SERVER,
+            ),
+            // A token against a cluster without one.
+            (
+                ClusterClient::for_cluster(vec![plain.addr.clone()], Some(TLS_TOKEN.into()), None)
+                    .unwrap(),
+                PLAIN_SERVER,
+            ),
+        ];
+        for (c, want) in cases {
+            let t0 = std::time::Instant::now();
+            let err = c
+                .get_json::<serde_json::Value>("/v1/who")
+                .await
+                .unwrap_err();
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "{err} took {:?}",
+                t0.elapsed()
+            );
+            assert!(err.is_auth_failure(), "{err:?}");
+            assert!(matches!(err, ClusterClientError::Tls { .. }), "{err:?}");
+            assert!(err.to_string().contains(want), "{err}");
+            assert_eq!(err.to_string().lines().count(), 1, "{err}");
+        }
+        let err = ClusterClient::for_cluster(vec![addr], Some("short".into()), None).unwrap_err();
+        assert!(matches!(err, ClusterClientError::Token(_)), "{err:?}");
+        assert!(err.to_string().contains("too short"), "{err}");
+        task.abort();
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub fn run(berth: &Path, o: Options) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let port = berth_testkit::free_port();
     let server = format!("127.0.0.1:{port}");
-    let token = format!("bench-{}", std::process::id());
+    let token = format!("placement-bench-token-{}", std::process::id());
     let timeout = format!("{}s", o.agent_timeout_secs);
     let srv = Proc {
         name: "server".into(),

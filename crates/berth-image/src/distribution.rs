@@ -1,6 +1,10 @@
 //! Pushing images to and pulling them from a registry that speaks the OCI
 //! distribution API (the cluster's servers, or any standard registry over
-//! plain HTTP).
+//! plain HTTP or HTTPS).
+//!
+//! The cluster's servers speak HTTPS when the cluster has a token, under
+//! the cluster CA derived from the token: [`with_servers`] does that for
+//! `host:port` addresses when given a token.
 //!
 //! Push sends the store's blobs as they are: layers uncompressed (their
 //! digest is their diff_id) and the config byte for byte, so the same
@@ -17,6 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_types::ImageRef;
@@ -69,6 +74,11 @@ pub enum DistributionError {
     NoName(String),
     #[error("no cluster server to talk to")]
     NoServers,
+    /// TLS cannot work with this registry (another cluster's token, a
+    /// token too short to derive the cluster CA from): no other server of
+    /// the same cluster would do better.
+    #[error("registry {url}: {message}")]
+    Tls { url: String, message: String },
 }
 
 impl DistributionError {
@@ -85,7 +95,8 @@ impl DistributionError {
 }
 
 /// One registry: a base URL (`http://host:port`; a bare `host:port` is
-/// taken as plain http) and the token sent as `Authorization: Bearer`.
+/// taken as plain http, or https with [`Registry::with_tls`]) and the token
+/// sent as `Authorization: Bearer`.
 pub struct Registry {
     base: String,
     token: Option<String>,
@@ -103,19 +114,37 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     pub fn new(base_url: &str, token: Option<&str>) -> Self {
+        Self::build(base_url, token, None)
+    }
+
+    /// HTTPS verified with `tls` (e.g. `berth_tls::client_config` of the
+    /// cluster CA); a bare `host:port` is taken as https.
+    pub fn with_tls(base_url: &str, token: Option<&str>, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::build(base_url, token, Some(tls))
+    }
+
+    fn build(base_url: &str, token: Option<&str>, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         let b = base_url.trim().trim_end_matches('/');
         let base = if b.starts_with("http://") || b.starts_with("https://") {
             b.to_string()
+        } else if tls.is_some() {
+            format!("https://{b}")
         } else {
             format!("http://{b}")
         };
-        let agent = ureq::AgentBuilder::new()
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
             // No overall timeout: a layer may take minutes. A registry that
             // stops reading or sending is caught by these.
             .timeout_read(Duration::from_secs(60))
             .timeout_write(Duration::from_secs(60))
-            .build();
+            // Registries are addressed directly; a proxy from the
+            // environment must not see the token.
+            .try_proxy_from_env(false);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls);
+        }
+        let agent = builder.build();
         Self {
             base,
             token: token.filter(|t| !t.is_empty()).map(String::from),
@@ -163,10 +192,16 @@ impl Registry {
                     message,
                 })
             }
-            Err(ureq::Error::Transport(t)) => Err(DistributionError::Unreachable {
-                url: url.to_string(),
-                detail: t.to_string(),
-            }),
+            Err(ureq::Error::Transport(t)) => match berth_tls::explain_tls_error(&t) {
+                Some(message) => Err(DistributionError::Tls {
+                    url: url.to_string(),
+                    message: message.to_string(),
+                }),
+                None => Err(DistributionError::Unreachable {
+                    url: url.to_string(),
+                    detail: t.to_string(),
+                }),
+            },
         }
     }
 
@@ -391,16 +426,39 @@ pub fn repository_of(r: &ImageRef) -> String {
     }
 }
 
-/// Calls `f` with each server in turn until one answers (an unreachable
-/// server, or one answering 5xx, moves on to the next).
+/// Calls `f` with each cluster server in turn until one answers (an
+/// unreachable server, or one answering 5xx, moves on to the next).
+///
+/// With a token, the servers are reached over HTTPS trusting only the
+/// cluster CA derived from the token, as servers with a token serve; an
+/// address written with `http://` is used as written (a registry without
+/// TLS).
 pub fn with_servers<T>(
     servers: &[String],
     token: Option<&str>,
     mut f: impl FnMut(&Registry) -> Result<T, DistributionError>,
 ) -> Result<T, DistributionError> {
+    let token = token.filter(|t| !t.is_empty());
+    let mut tls: Option<Arc<rustls::ClientConfig>> = None;
     let mut last = DistributionError::NoServers;
     for server in servers {
-        let registry = Registry::new(server, token);
+        let registry = match token {
+            Some(t) if !server.trim().starts_with("http://") => {
+                let config = match &tls {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = cluster_tls(t).map_err(|message| DistributionError::Tls {
+                            url: server.clone(),
+                            message,
+                        })?;
+                        tls = Some(c.clone());
+                        c
+                    }
+                };
+                Registry::with_tls(server, token, config)
+            }
+            _ => Registry::new(server, token),
+        };
         match f(&registry) {
             Ok(v) => return Ok(v),
             Err(e) if e.is_unreachable() => {
@@ -411,6 +469,14 @@ pub fn with_servers<T>(
         }
     }
     Err(last)
+}
+
+/// The client side of the cluster's TLS: trusts only the CA derived from
+/// `token`.
+fn cluster_tls(token: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    berth_tls::ClusterCa::from_token(token)
+        .and_then(|ca| berth_tls::client_config(&ca, None))
+        .map_err(|e| e.to_string())
 }
 
 // ---- push -----------------------------------------------------------------

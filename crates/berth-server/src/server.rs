@@ -3,9 +3,24 @@
 //!
 //! Routing: the cluster API ([`crate::api`]) and the Raft routes sit behind
 //! the token check ([`crate::auth`]) and the leader redirect
-//! ([`crate::api::redirect`]); the image registry (`/v2/...`) brings its own
-//! auth (registry clients send the token as a Basic password too) and is
+//! ([`crate::api::redirect`]); agent enrolment sits behind the token check
+//! only (every server can sign); the image registry (`/v2/...`) brings its
+//! own auth (registry clients send the token as a Basic password too) and is
 //! served by every server.
+//!
+//! Transport: with a token, HTTPS only, under the cluster CA derived from
+//! the token (`berth_tls`); the server issues itself a fresh certificate
+//! (CN `server:<advertise address>`) at every start. Who may call what:
+//!
+//! | routes | needs |
+//! |---|---|
+//! | CLI, scheduler and admin API, `/v1/cluster/*` | token |
+//! | `/v1/agents/enrol` | token |
+//! | `/v1/agents/register`, `/v1/agents/sync` | token + agent certificate naming the agent |
+//! | `/raft/*` | token + server certificate |
+//! | `/v2/*` (registry) | token (Bearer or Basic password) |
+//!
+//! Without a token (development only) everything is plain HTTP and open.
 
 use crate::api::{self, redirect};
 use crate::auth::{self, TokenCheck};
@@ -13,13 +28,19 @@ use crate::master::{Master, MasterConfig};
 use crate::raft::{RaftConfig, RaftReplica};
 use crate::registry::{self, RegistryConfig, RegistryStore};
 use crate::replica::{BoxFuture, Replica};
+use axum::extract::Request;
+use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, Next};
+use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
-use axum::Router;
+use axum::{Json, Router};
+use berth_api::cluster::ClusterError;
+use berth_tls::{ClusterCa, Identity, PeerIdentity};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -42,7 +63,10 @@ pub struct ServerConfig {
     pub advertise: Option<String>,
     pub bootstrap_expect: usize,
     pub join: Vec<String>,
-    /// Cluster secret; every request must carry it as a Bearer token.
+    /// Cluster secret; every request must carry it as a Bearer token, and
+    /// with it the server serves HTTPS only (mutual TLS for agents and
+    /// peers), under the cluster CA derived from it. At least
+    /// [`berth_tls::MIN_TOKEN_LEN`] bytes.
     pub token: Option<String>,
     /// Raft id (default: derived from the advertised address).
     pub id: Option<u64>,
@@ -101,6 +125,8 @@ pub enum ServerError {
     Raft(#[from] crate::raft::RaftError),
     #[error("image registry: {0}")]
     Registry(String),
+    #[error("cluster tls: {0}")]
+    Tls(String),
 }
 
 impl ServerConfig {
@@ -158,8 +184,16 @@ impl ServerConfig {
                 self.listen
             ));
         }
-        if self.token.as_deref() == Some("") {
-            return bad("token is empty; omit it to run without one".into());
+        match self.token.as_deref() {
+            Some("") => return bad("token is empty; omit it to run without one".into()),
+            Some(t) if t.len() < berth_tls::MIN_TOKEN_LEN => {
+                return bad(berth_tls::TlsError::TokenTooShort {
+                    len: t.len(),
+                    min: berth_tls::MIN_TOKEN_LEN,
+                }
+                .to_string())
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -181,14 +215,86 @@ impl ServerConfig {
             .unwrap_or_else(|| self.listen.to_string())
     }
 
-    fn raft_config(&self) -> RaftConfig {
+    fn raft_config(&self, tls: Option<&ClusterTls>) -> RaftConfig {
         let mut rc = RaftConfig::new(self.data_dir.join("raft"), self.advertise_address());
         rc.id = self.id;
         rc.bootstrap_expect = self.bootstrap_expect;
         rc.join = self.join.clone();
         rc.token = self.token.clone();
+        rc.identity = tls.map(|t| t.identity.clone());
         rc
     }
+
+    /// With a token: the cluster CA and a new certificate for this server,
+    /// valid for the listen and advertise addresses (and loopback).
+    pub fn cluster_tls(&self) -> Result<Option<ClusterTls>, ServerError> {
+        let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let tls_err = |e: berth_tls::TlsError| ServerError::Tls(e.to_string());
+        let ca = ClusterCa::from_token(token).map_err(tls_err)?;
+        let advertise = self.advertise_address();
+        let identity = ca
+            .issue_server(&advertise, &[self.listen.to_string(), advertise.clone()])
+            .map_err(tls_err)?;
+        Ok(Some(ClusterTls { ca, identity }))
+    }
+}
+
+/// A server's TLS material: the cluster CA and the server's certificate.
+#[derive(Clone, Debug)]
+pub struct ClusterTls {
+    pub ca: ClusterCa,
+    pub identity: Identity,
+}
+
+/// Where [`run`] writes the cluster CA certificate (PEM), for
+/// `curl --cacert`.
+pub const CA_FILE: &str = "ca.pem";
+/// A directory holding only the CA certificate as `ca.crt`: what
+/// `skopeo --src-cert-dir`/`--dest-cert-dir` (containers/image) read.
+pub const CA_CERT_DIR: &str = "certs.d";
+
+/// Writes the CA certificate to `DATA/ca.pem` and `DATA/certs.d/ca.crt`
+/// (public; every start, so a new token replaces it). Returns both paths.
+pub fn write_ca_files(data_dir: &Path, ca: &ClusterCa) -> Result<(PathBuf, PathBuf), ServerError> {
+    let pem = ca.cert_pem();
+    let file = data_dir.join(CA_FILE);
+    let dir = data_dir.join(CA_CERT_DIR);
+    let write = |path: &Path| {
+        std::fs::create_dir_all(path.parent().unwrap_or(data_dir))
+            .and_then(|_| std::fs::write(path, &pem))
+            .map_err(|e| ServerError::Tls(format!("writing {}: {e}", path.display())))
+    };
+    write(&file)?;
+    write(&dir.join("ca.crt"))?;
+    Ok((file, dir))
+}
+
+/// What a request to a Raft route without a server certificate is told.
+pub const NEEDS_SERVER_CERT: &str =
+    "forbidden: this endpoint needs a server certificate of the cluster";
+
+/// Middleware: over TLS, Raft's routes (`/raft/*`) need a server
+/// certificate of the cluster; the token alone does not make a Raft peer.
+/// (Plain HTTP, a cluster without a token, is not checked: requests carry
+/// a [`PeerIdentity`] only when they came through `berth_tls::serve_tls`.)
+pub async fn require_server_cert(req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/raft/") {
+        if let Some(peer) = req.extensions().get::<PeerIdentity>() {
+            if peer.server_name().is_none() {
+                tracing::debug!(path = %req.uri().path(), peer = ?peer.common_name(), "raft request without a server certificate refused");
+                return (
+                    StatusCode::FORBIDDEN,
+                    Json(ClusterError {
+                        message: NEEDS_SERVER_CERT.into(),
+                    }),
+                )
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// Runs a server until `shutdown` resolves: the Raft replica, the master,
@@ -198,17 +304,32 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     cfg.validate()?;
+    let tls = cfg.cluster_tls()?;
+    if let Some(t) = &tls {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            ServerError::Config(format!("creating {}: {e}", cfg.data_dir.display()))
+        })?;
+        let (file, dir) = write_ca_files(&cfg.data_dir, &t.ca)?;
+        tracing::info!(
+            fingerprint = %t.ca.fingerprint(),
+            ca = %file.display(),
+            cert_dir = %dir.display(),
+            "cluster CA: curl --cacert {}, skopeo --src-cert-dir/--dest-cert-dir {}",
+            file.display(),
+            dir.display()
+        );
+    }
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind {
             addr: cfg.listen,
             source,
         })?;
-    let raft = RaftReplica::start(cfg.raft_config()).await?;
+    let raft = RaftReplica::start(cfg.raft_config(tls.as_ref())).await?;
     let replica: Arc<dyn Replica> = raft.clone();
     let stop = CancellationToken::new();
-    let result = match registry_routes(&cfg, replica.clone(), stop.clone()) {
-        Ok(open) => match start(cfg, replica, raft.routes(), open, listener).await {
+    let result = match registry_routes(&cfg, tls.as_ref(), replica.clone(), stop.clone()) {
+        Ok(open) => match start_with(cfg, tls, replica, raft.routes(), open, listener).await {
             Ok(server) => server.run_until(shutdown).await,
             Err(e) => Err(e),
         },
@@ -243,11 +364,25 @@ pub struct RunningServer {
     serve: JoinHandle<std::io::Result<()>>,
 }
 
-/// Starts the master and serves HTTP on `listener`: the cluster API and
-/// `extra` behind the token check and the leader redirect, `open` as it is
-/// (it brings its own auth).
+/// Starts the master and serves on `listener` (HTTPS when `cfg` has a
+/// token, else HTTP): the cluster API and `extra` behind the token check
+/// and the leader redirect, `open` as it is (it brings its own auth).
 pub async fn start(
     cfg: ServerConfig,
+    replica: Arc<dyn Replica>,
+    extra: Router,
+    open: Router,
+    listener: TcpListener,
+) -> Result<RunningServer, ServerError> {
+    cfg.validate()?;
+    let tls = cfg.cluster_tls()?;
+    start_with(cfg, tls, replica, extra, open, listener).await
+}
+
+/// [`start`] with the TLS material decided (`None`: plain HTTP).
+async fn start_with(
+    cfg: ServerConfig,
+    tls: Option<ClusterTls>,
     replica: Arc<dyn Replica>,
     extra: Router,
     open: Router,
@@ -258,14 +393,26 @@ pub async fn start(
         addr: cfg.listen,
         source,
     })?;
+    let server_tls = match &tls {
+        Some(t) => Some(
+            berth_tls::server_config(&t.ca, &t.identity)
+                .map_err(|e| ServerError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
     let master = Master::start(cfg.master_config(), replica.clone());
     for (name, f) in &cfg.builtins {
         let f = f.clone();
         master.spawn_builtin(name, move |m| f(m));
     }
-    let app = api::router(master.clone())
+    let mut app = api::router(master.clone())
         .merge(extra)
-        .layer(from_fn_with_state(replica, redirect::leader_redirect))
+        .layer(from_fn_with_state(replica, redirect::leader_redirect));
+    if let Some(t) = &tls {
+        app = app.merge(api::enrol::routes(t.ca.clone()));
+    }
+    let app = app
+        .layer(from_fn(require_server_cert))
         .layer(from_fn_with_state(
             TokenCheck::new(cfg.token.as_deref()),
             auth::require_token,
@@ -279,15 +426,26 @@ pub async fn start(
         stop2.cancelled().await;
         m2.shutdown();
     };
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(graceful)
-            .await
-    });
-    tracing::info!(%addr, "cluster api listening");
+    let serve = match server_tls {
+        Some(config) => {
+            // serve_tls sets TCP_NODELAY on every connection itself.
+            tokio::spawn(async move {
+                berth_tls::serve_tls(listener, config, app, graceful).await;
+                Ok(())
+            })
+        }
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(graceful)
+                    .await
+            })
+        }
+    };
+    tracing::info!(%addr, tls = tls.is_some(), "cluster api listening");
     Ok(RunningServer {
         master,
         addr,
@@ -356,6 +514,7 @@ impl RunningServer {
 /// from the other servers.
 fn registry_routes(
     cfg: &ServerConfig,
+    tls: Option<&ClusterTls>,
     replica: Arc<dyn Replica>,
     stop: CancellationToken,
 ) -> Result<Router, ServerError> {
@@ -364,10 +523,15 @@ fn registry_routes(
     let store = RegistryStore::open(&root, RegistryConfig::default())
         .map_err(|e| ServerError::Registry(e.to_string()))?;
     let read = peers.clone();
-    let store = store.with_peers(
-        move || read.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-        cfg.token.clone(),
-    );
+    let list = move || read.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let store = match tls {
+        Some(t) => {
+            let config = berth_tls::client_config(&t.ca, Some(&t.identity))
+                .map_err(|e| ServerError::Tls(e.to_string()))?;
+            store.with_tls_peers(list, cfg.token.clone(), config)
+        }
+        None => store.with_peers(list, cfg.token.clone()),
+    };
     // The peer list follows the Raft membership.
     tokio::spawn(async move {
         loop {

@@ -1,6 +1,7 @@
-//! `berth push` to a registry built from berth-server's routes, then a pull
-//! into another store: layers skipped when present, the image identical.
-//! Runs as root (the daemon imports busybox).
+//! `berth push` to a registry built from berth-server's routes, served as a
+//! server with a token serves it (HTTPS under the cluster CA derived from
+//! the token), then a pull into another store: layers skipped when present,
+//! the image identical. Runs as root (the daemon imports busybox).
 
 mod common;
 use berth_image::distribution::{self, PushReport, Registry};
@@ -9,11 +10,24 @@ use berth_server::registry::{self, RegistryConfig, RegistryStore};
 use common::*;
 use std::sync::Arc;
 
-/// A registry on 127.0.0.1 with token auth, on its own runtime thread.
+/// The cluster token of the test registry.
+const TOKEN: &str = "t0123456789abcdef-registry-cli";
+
+/// A registry on 127.0.0.1 with token auth over HTTPS, on its own runtime
+/// thread.
 struct TestRegistry {
     addr: String,
+    /// Holds only `ca.crt`, the cluster CA: what skopeo's `--*-cert-dir`
+    /// reads (as `berth server` writes DATA/certs.d).
+    cert_dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
     _rt: tokio::runtime::Runtime,
+}
+
+/// The HTTPS client side of the cluster of [`TOKEN`].
+fn tls() -> Arc<berth_api::cluster_client::rustls::ClientConfig> {
+    let ca = berth_tls::ClusterCa::from_token(TOKEN).unwrap();
+    berth_tls::client_config(&ca, None).unwrap()
 }
 
 fn registry(token: &str) -> TestRegistry {
@@ -24,19 +38,29 @@ fn registry(token: &str) -> TestRegistry {
         .build()
         .unwrap();
     let root = dir.path().join("registry");
+    let ca = berth_tls::ClusterCa::from_token(token).unwrap();
+    let cert_dir = dir.path().join("certs.d");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    std::fs::write(cert_dir.join("ca.crt"), ca.cert_pem()).unwrap();
+    let identity = ca.issue_server("registry", &[]).unwrap();
+    let config = berth_tls::server_config(&ca, &identity).unwrap();
     let token = token.to_string();
     let addr = rt.block_on(async move {
         let store = Arc::new(RegistryStore::open(&root, RegistryConfig::default()).unwrap());
         let app = registry::auth::require_token(registry::routes(store), Some(token));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        tokio::spawn(berth_tls::serve_tls(
+            listener,
+            config,
+            app,
+            std::future::pending(),
+        ));
         addr
     });
     TestRegistry {
         addr,
+        cert_dir,
         _dir: dir,
         _rt: rt,
     }
@@ -53,9 +77,9 @@ fn push_json(d: &berth_testkit::Daemon, args: &[&str]) -> PushReport {
 #[test]
 fn push_skips_present_layers_and_pulls_back_identical() {
     let d = daemon();
-    let reg = registry("tok");
+    let reg = registry(TOKEN);
     let servers = reg.addr.clone();
-    let first = push_json(&d, &["busybox", "--servers", &servers, "--token", "tok"]);
+    let first = push_json(&d, &["busybox", "--servers", &servers, "--token", TOKEN]);
     assert_eq!(first.repository, "busybox");
     assert_eq!(first.tag, "latest");
     assert_eq!((first.layers_uploaded, first.layers_skipped), (1, 0));
@@ -64,7 +88,7 @@ fn push_skips_present_layers_and_pulls_back_identical() {
     assert_eq!(first.image_id, id);
 
     // Again, and under another name: the layer is not sent twice.
-    let again = push_json(&d, &["busybox", "--servers", &servers, "--token", "tok"]);
+    let again = push_json(&d, &["busybox", "--servers", &servers, "--token", TOKEN]);
     assert_eq!(
         (
             again.layers_uploaded,
@@ -77,7 +101,7 @@ fn push_skips_present_layers_and_pulls_back_identical() {
     d.ok(&["tag", "busybox", "team/tools:1"]);
     let other = push_json(
         &d,
-        &["team/tools:1", "--servers", &servers, "--token", "tok"],
+        &["team/tools:1", "--servers", &servers, "--token", TOKEN],
     );
     assert_eq!(
         (other.repository.as_str(), other.tag.as_str()),
@@ -91,14 +115,21 @@ fn push_skips_present_layers_and_pulls_back_identical() {
         l.local_addr().unwrap().to_string()
     };
     let list = format!("{dead},{servers}");
-    let out = d.ok(&["push", "busybox", "--servers", &list, "--token", "tok"]);
+    let out = d.ok(&["push", "busybox", "--servers", &list, "--token", TOKEN]);
     assert!(out.contains("Layer already exists"), "{out}");
     assert!(out.contains(&first.digest), "{out}");
 
-    // Refused without the token, with one line.
+    // Refused with another cluster's token, with one line that says so.
     let o = d.fails(
-        &["push", "busybox", "--servers", &servers, "--token", "bad"],
-        "401",
+        &[
+            "push",
+            "busybox",
+            "--servers",
+            &servers,
+            "--token",
+            "t0123456789abcdef-another-cluster",
+        ],
+        "wrong --token",
     );
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     d.fails(
@@ -108,7 +139,7 @@ fn push_skips_present_layers_and_pulls_back_identical() {
             "--servers",
             &servers,
             "--token",
-            "tok",
+            TOKEN,
         ],
         "no such image",
     );
@@ -116,7 +147,7 @@ fn push_skips_present_layers_and_pulls_back_identical() {
     // Pulled into another store: the same image, ready for overlay.
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(&dir.path().join("store")).unwrap();
-    let r = Registry::new(&servers, Some("tok"));
+    let r = Registry::with_tls(&servers, Some(TOKEN), tls());
     let pulled = distribution::pull(&store, &r, "team/tools", "1", None, &mut |_| {}).unwrap();
     assert_eq!(pulled.image_id, id);
     assert_eq!(pulled.layers_downloaded, 1);
@@ -146,18 +177,21 @@ fn skopeo_reads_what_berth_pushes_and_berth_imports_what_skopeo_pulls() {
         return;
     }
     let d = daemon();
-    let reg = registry("tok");
+    let reg = registry(TOKEN);
     let id = inspect(&d, "busybox")["id"].as_str().unwrap().to_string();
-    push_json(&d, &["busybox", "--servers", &reg.addr, "--token", "tok"]);
+    push_json(&d, &["busybox", "--servers", &reg.addr, "--token", TOKEN]);
     let work = tempfile::tempdir().unwrap();
     let pulled = work.path().join("pulled.tar");
     let src = format!("docker://{}/busybox:latest", reg.addr);
     let dst = format!("oci-archive:{}:busybox:latest", pulled.display());
+    let creds = format!("berth:{TOKEN}");
+    let cert_dir = reg.cert_dir.to_str().unwrap();
     let o = skopeo(&[
         "copy",
-        "--src-tls-verify=false",
+        "--src-cert-dir",
+        cert_dir,
         "--src-creds",
-        "berth:tok",
+        &creds,
         &src,
         &dst,
     ])
@@ -178,9 +212,10 @@ fn skopeo_reads_what_berth_pushes_and_berth_imports_what_skopeo_pulls() {
     let dst = format!("docker://{}/fromsave:1", reg.addr);
     let o = skopeo(&[
         "copy",
-        "--dest-tls-verify=false",
+        "--dest-cert-dir",
+        cert_dir,
         "--dest-creds",
-        "berth:tok",
+        &creds,
         &src,
         &dst,
     ])
@@ -188,7 +223,7 @@ fn skopeo_reads_what_berth_pushes_and_berth_imports_what_skopeo_pulls() {
     assert!(o.status.success(), "{}", stderr(&o));
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(&dir.path().join("store")).unwrap();
-    let r = Registry::new(&reg.addr, Some("tok"));
+    let r = Registry::with_tls(&reg.addr, Some(TOKEN), tls());
     let report = distribution::pull(&store, &r, "fromsave", "1", None, &mut |_| {}).unwrap();
     assert_eq!(report.image_id, id);
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod enrol;
 pub mod redirect;
 pub mod scheduler;
 

@@ -35,10 +35,17 @@ pub async fn leader_redirect(
     match leader.leader_address {
         Some(addr) => {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            // Requests over TLS carry a PeerIdentity; the leader speaks
+            // what this server speaks.
+            let scheme = if req.extensions().get::<berth_tls::PeerIdentity>().is_some() {
+                "https"
+            } else {
+                "http"
+            };
             ApiError {
                 status: StatusCode::TEMPORARY_REDIRECT,
                 message: format!("not the leader; the leader is {addr}"),
-                location: Some(format!("http://{addr}{path}")),
+                location: Some(format!("{scheme}://{addr}{path}")),
             }
             .into_response()
         }

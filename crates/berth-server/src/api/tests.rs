@@ -17,6 +17,21 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
+/// A cluster token (long enough to derive the cluster CA from).
+const TOKEN: &str = "t0123456789abcdef-api-tests";
+
+/// An HTTPS client trusting the cluster CA of `TOKEN`, presenting
+/// `identity` when given.
+fn tls_http(identity: Option<&berth_tls::Identity>) -> reqwest::Client {
+    let ca = berth_tls::ClusterCa::from_token(TOKEN).unwrap();
+    let tls = berth_tls::client_config(&ca, identity).unwrap();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .unwrap()
+}
 
 struct Harness {
     server: Option<RunningServer>,
@@ -56,14 +71,22 @@ async fn harness(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
         assert!(Instant::now() < deadline, "master never started leading");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // With a token the server speaks HTTPS only.
+    let (http, base) = match &token {
+        Some(_) => (tls_http(None), format!("https://{addr}")),
+        None => (
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            format!("http://{addr}"),
+        ),
+    };
     Harness {
         server: Some(server),
         replica,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        base: format!("http://{addr}"),
+        http,
+        base,
         token,
     }
 }
@@ -740,7 +763,7 @@ async fn request_cuts_offers_into_task_sized_pieces() {
 
 #[tokio::test]
 async fn token_is_required_when_configured() {
-    let h = harness(|c| c.token = Some("s3cret".into())).await;
+    let h = harness(|c| c.token = Some(TOKEN.into())).await;
     for path in ["/v1/nodes", "/v1/cluster/members"] {
         let (s, v) = h.send(h.http.get(format!("{}{path}", h.base))).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -752,6 +775,155 @@ async fn token_is_required_when_configured() {
     }
     let (s, _) = h.get("/v1/nodes").await;
     assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn short_tokens_are_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = ServerConfig::new("/nonexistent", addr);
+    cfg.token = Some("s3cret".into());
+    let err = start(
+        cfg,
+        MemoryReplica::new(&addr.to_string()),
+        Router::new(),
+        Router::new(),
+        listener,
+    )
+    .await
+    .err()
+    .expect("a 6-byte token is refused");
+    let text = err.to_string();
+    assert!(text.contains("token is too short: 6 bytes"), "{text}");
+    assert_eq!(text.lines().count(), 1);
+}
+
+/// Enrolment, then the agent endpoints over mutual TLS: the certificate
+/// must name the agent; the token alone is not enough.
+#[tokio::test]
+async fn agents_enrol_then_register_and_sync_with_their_certificate() {
+    let h = harness(|c| c.token = Some(TOKEN.into())).await;
+    let reg = |id: Option<&str>| RegisterAgentRequest {
+        agent_id: id.map(String::from),
+        hostname: "n1".into(),
+        address: String::new(),
+        resources: Resources::new(1.0, 64, 0),
+        attributes: BTreeMap::new(),
+        running: vec![],
+    };
+    // Token, no certificate: refused with 403 on the agent endpoints.
+    let (s, v) = h.post("/v1/agents/register", &reg(Some("a1"))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["message"], crate::api::agents::NEEDS_AGENT_CERT);
+    let sync = AgentSyncRequest {
+        agent_id: "a1".into(),
+        updates: vec![],
+        known_version: 0,
+        wait_ms: 0,
+    };
+    let (s, _) = h.post("/v1/agents/sync", &sync).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Enrolment needs the token...
+    let (key_pem, csr_pem) = berth_tls::agent_key_and_csr("new").unwrap();
+    let enrol = berth_api::cluster_client::EnrolRequest {
+        agent_id: None,
+        csr_pem: csr_pem.clone(),
+    };
+    let (s, _) = h
+        .send(
+            h.http
+                .post(format!("{}/v1/agents/enrol", h.base))
+                .json(&enrol),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // ...and assigns an id when the agent has none.
+    let r: berth_api::cluster_client::EnrolResponse =
+        h.ok(h.post("/v1/agents/enrol", &enrol).await).await;
+    assert!(r.agent_id.starts_with('a'), "{}", r.agent_id);
+    let ca = berth_tls::ClusterCa::from_token(TOKEN).unwrap();
+    let issued = ca.check_issued(&r.cert_pem).unwrap();
+    assert_eq!(issued.common_name, format!("agent:{}", r.agent_id));
+    let (s, v) = h
+        .post(
+            "/v1/agents/enrol",
+            &berth_api::cluster_client::EnrolRequest {
+                agent_id: Some("bad id".into()),
+                csr_pem: csr_pem.clone(),
+            },
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // With the certificate: register as itself (the id may be left out).
+    let id = berth_tls::Identity {
+        cert_pem: r.cert_pem,
+        key_pem,
+    };
+    let agent = Harness {
+        server: None,
+        replica: h.replica.clone(),
+        http: tls_http(Some(&id)),
+        base: h.base.clone(),
+        token: h.token.clone(),
+    };
+    let (s, v) = agent
+        .post("/v1/agents/register", &reg(Some("someone-else")))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let got: RegisterAgentResponse = agent
+        .ok(agent.post("/v1/agents/register", &reg(None)).await)
+        .await;
+    assert_eq!(got.agent_id, r.agent_id);
+    let real_id = r.agent_id.clone();
+    let resp = agent.sync(&r.agent_id, 0, 0, vec![]).await;
+    assert!(!resp.reregister);
+    let (s, _) = agent
+        .post(
+            "/v1/agents/sync",
+            &AgentSyncRequest {
+                agent_id: "a1".into(),
+                ..sync.clone()
+            },
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // A simulated-agent process: one certificate for every sim-* agent.
+    let (key_pem, csr_pem) = berth_tls::agent_key_and_csr("sim").unwrap();
+    let r: berth_api::cluster_client::EnrolResponse = h
+        .ok(h
+            .post(
+                "/v1/agents/enrol",
+                &berth_api::cluster_client::EnrolRequest {
+                    agent_id: Some(berth_api::cluster_client::SIM_AGENT_WILDCARD.into()),
+                    csr_pem,
+                },
+            )
+            .await)
+        .await;
+    let sims = Harness {
+        server: None,
+        replica: h.replica.clone(),
+        http: tls_http(Some(&berth_tls::Identity {
+            cert_pem: r.cert_pem,
+            key_pem,
+        })),
+        base: h.base.clone(),
+        token: h.token.clone(),
+    };
+    for i in 0..3 {
+        let got: RegisterAgentResponse = sims
+            .ok(sims
+                .post("/v1/agents/register", &reg(Some(&format!("sim-{i}"))))
+                .await)
+            .await;
+        assert_eq!(got.agent_id, format!("sim-{i}"));
+    }
+    let (s, _) = sims.post("/v1/agents/register", &reg(Some(&real_id))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the wildcard is for sim-* only");
+    assert_eq!(h.state().nodes.len(), 4);
 }
 
 #[tokio::test]
@@ -1101,31 +1273,80 @@ async fn run_serves_over_raft_and_stops_on_shutdown() {
         l.local_addr().unwrap()
     };
     let mut cfg = ServerConfig::new(&dir, addr);
-    cfg.token = Some("t0ken".into());
+    cfg.token = Some(TOKEN.into());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(crate::server::run(cfg, async {
         let _ = stop_rx.await;
     }));
-    let http = reqwest::Client::new();
+    let http = tls_http(None);
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let (key_pem, csr_pem) = berth_tls::agent_key_and_csr("n1").unwrap();
+    let enrolled: berth_api::cluster_client::EnrolResponse = loop {
         let r = http
-            .post(format!("http://{addr}/v1/agents/register"))
-            .bearer_auth("t0ken")
-            .json(&json!({"hostname": "n1", "resources": {"cpus": 1, "mem": 64, "disk": 0}}))
+            .post(format!("https://{addr}/v1/agents/enrol"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"agent_id": "n1", "csr_pem": csr_pem}))
             .send()
             .await;
         if let Ok(r) = r {
             if r.status() == StatusCode::OK {
-                break;
+                break r.json().await.unwrap();
             }
         }
         assert!(Instant::now() < deadline, "the server never served");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(enrolled.agent_id, "n1");
+    // The CA is written for curl and skopeo, and equals the derived one.
+    let ca = berth_tls::ClusterCa::from_token(TOKEN).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        ca.cert_pem()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("certs.d/ca.crt")).unwrap(),
+        ca.cert_pem()
+    );
+    // Raft's routes want a server certificate: the token is not enough.
+    let r = http
+        .post(format!("https://{addr}/raft/append"))
+        .bearer_auth(TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let agent = tls_http(Some(&berth_tls::Identity {
+        cert_pem: enrolled.cert_pem,
+        key_pem,
+    }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = agent
+            .post(format!("https://{addr}/v1/agents/register"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"agent_id": "n1", "hostname": "n1", "resources": {"cpus": 1, "mem": 64, "disk": 0}}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        // 503 until the leader is elected.
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the server never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let nodes: Vec<NodeView> = http
+    // A plain-HTTP client gets nothing: the server speaks TLS only.
+    assert!(reqwest::Client::new()
         .get(format!("http://{addr}/v1/nodes"))
-        .bearer_auth("t0ken")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .is_err());
+    let nodes: Vec<NodeView> = http
+        .get(format!("https://{addr}/v1/nodes"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -1135,8 +1356,8 @@ async fn run_serves_over_raft_and_stops_on_shutdown() {
     assert_eq!(nodes.len(), 1);
     // The registry is served too, with its own auth.
     let r = http
-        .get(format!("http://{addr}/v2/"))
-        .bearer_auth("t0ken")
+        .get(format!("https://{addr}/v2/"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();

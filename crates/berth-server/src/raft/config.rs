@@ -18,6 +18,10 @@ pub struct RaftConfig {
     pub join: Vec<String>,
     /// Sent as `Authorization: Bearer TOKEN` on every request to a peer.
     pub token: Option<String>,
+    /// This server's certificate (from the cluster CA of `token`): with
+    /// it, peers are called over HTTPS presenting it, as the peers' Raft
+    /// routes require; without it, over plain HTTP.
+    pub identity: Option<berth_tls::Identity>,
     pub heartbeat_ms: u64,
     /// Election timeout range (min, max) in milliseconds.
     pub election_timeout_ms: (u64, u64),
@@ -35,6 +39,7 @@ impl RaftConfig {
             bootstrap_expect: 1,
             join: Vec::new(),
             token: None,
+            identity: None,
             heartbeat_ms: 200,
             election_timeout_ms: (1000, 2000),
             snapshot_every: 10_000,
@@ -69,6 +74,9 @@ impl RaftConfig {
         }
         if self.snapshot_every == 0 {
             return bad("snapshot_every must be above 0".into());
+        }
+        if self.identity.is_some() && self.token.is_none() {
+            return bad("a server certificate needs the cluster token it was issued under".into());
         }
         Ok(())
     }

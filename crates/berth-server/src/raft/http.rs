@@ -130,7 +130,10 @@ async fn not_leader(
     if headers.contains_key(FORWARDED_HEADER) {
         return (
             StatusCode::TEMPORARY_REDIRECT,
-            [(header::LOCATION, format!("http://{addr}{path}"))],
+            [(
+                header::LOCATION,
+                format!("{}://{addr}{path}", r.client.scheme()),
+            )],
         )
             .into_response();
     }

@@ -1,4 +1,6 @@
-//! Raft RPCs between servers: HTTP/1.1, JSON bodies.
+//! Raft RPCs between servers: HTTP/1.1, JSON bodies; over mutual TLS when
+//! the cluster has a token (the server presents its own certificate, which
+//! the peers' Raft routes require, and trusts only the cluster CA).
 //!
 //! Every request has a deadline (openraft's per-RPC TTL) and a short
 //! connect timeout, so a dead or partitioned peer costs one timeout, never a
@@ -7,7 +9,7 @@
 //! retrying in a loop. Snapshot chunks travel as raw bytes after a JSON
 //! header line rather than as a JSON array of numbers.
 
-use super::{RaftError, TypeConfig};
+use super::{RaftConfig, RaftError, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError as OrError, RemoteError, Timeout,
     Unreachable,
@@ -53,20 +55,54 @@ pub enum PeerError {
 pub struct PeerClient {
     http: reqwest::Client,
     token: Option<String>,
+    scheme: &'static str,
 }
 
 impl PeerClient {
-    pub fn new(token: Option<String>) -> Result<Self, RaftError> {
-        let http = reqwest::Client::builder()
+    /// HTTPS presenting `cfg.identity` when it has one, else plain HTTP.
+    pub fn for_config(cfg: &RaftConfig) -> Result<Self, RaftError> {
+        let tls = match (&cfg.identity, &cfg.token) {
+            (Some(identity), Some(token)) => {
+                let tls_err = |e: berth_tls::TlsError| RaftError::Config(format!("peer tls: {e}"));
+                let ca = berth_tls::ClusterCa::from_token(token).map_err(tls_err)?;
+                Some(berth_tls::client_config(&ca, Some(identity)).map_err(tls_err)?)
+            }
+            _ => None,
+        };
+        Self::build(cfg.token.clone(), tls)
+    }
+
+    fn build(
+        token: Option<String>,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, RaftError> {
+        let mut b = reqwest::Client::builder()
             // Peers are addressed directly; a proxy from the environment
             // must never see cluster traffic or tokens.
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(30));
+        let scheme = match tls {
+            Some(tls) => {
+                b = b.use_preconfigured_tls((*tls).clone());
+                "https"
+            }
+            None => "http",
+        };
+        let http = b
             .build()
             .map_err(|e| RaftError::Config(format!("http client: {e}")))?;
-        Ok(Self { http, token })
+        Ok(Self {
+            http,
+            token,
+            scheme,
+        })
+    }
+
+    /// `https` when peers are called over TLS.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
     }
 
     fn request(
@@ -78,7 +114,7 @@ impl PeerClient {
     ) -> reqwest::RequestBuilder {
         let mut rb = self
             .http
-            .request(method, format!("http://{addr}{path}"))
+            .request(method, format!("{}://{addr}{path}", self.scheme))
             .timeout(timeout);
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);

@@ -79,7 +79,7 @@ impl RaftReplica {
         }
         .validate()
         .map_err(|e| RaftError::Config(e.to_string()))?;
-        let client = PeerClient::new(cfg.token.clone())?;
+        let client = PeerClient::for_config(&cfg)?;
         let network = NetworkFactory {
             id,
             client: client.clone(),

@@ -41,7 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-const TOKEN: &str = "secret";
+const TOKEN: &str = "t0123456789abcdef-raft-tests";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Stands in for the server's auth layer: proves every peer request
@@ -63,19 +63,33 @@ struct Server {
 }
 
 impl Server {
+    /// Serves over mutual TLS when `cfg` has a certificate, as `berth
+    /// server` does with a token (Raft routes need a server certificate).
     async fn start(cfg: RaftConfig, listener: TcpListener) -> Server {
         let replica = RaftReplica::start(cfg.clone())
             .await
             .expect("start replica");
-        let app = replica.routes().layer(axum::middleware::from_fn(auth));
+        let app = replica
+            .routes()
+            .layer(axum::middleware::from_fn(
+                crate::server::require_server_cert,
+            ))
+            .layer(axum::middleware::from_fn(auth));
         let (tx, rx) = oneshot::channel::<()>();
-        let http = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let stop = async {
+            let _ = rx.await;
+        };
+        let http = match &cfg.identity {
+            Some(identity) => {
+                let tls = berth_tls::server_config(&ca(), identity).unwrap();
+                tokio::spawn(berth_tls::serve_tls(listener, tls, app, stop))
+            }
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await;
+            }),
+        };
         Server {
             replica,
             cfg,
@@ -137,13 +151,27 @@ fn test_cfg(
     }
 }
 
+fn ca() -> berth_tls::ClusterCa {
+    berth_tls::ClusterCa::from_token(TOKEN).unwrap()
+}
+
+/// `cfg` with a server certificate: peers are called over mutual TLS.
+fn with_tls(mut cfg: RaftConfig) -> RaftConfig {
+    cfg.identity = Some(
+        ca().issue_server(&cfg.advertise, &[cfg.advertise.clone()])
+            .unwrap(),
+    );
+    cfg
+}
+
 struct Cluster {
     servers: Vec<Server>,
     dirs: Vec<TempDir>,
 }
 
 impl Cluster {
-    async fn new(tag: &str, n: usize, snapshot_every: u64) -> Cluster {
+    /// `tls`: the servers speak mutual TLS with each other.
+    async fn with(tag: &str, n: usize, snapshot_every: u64, tls: bool) -> Cluster {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -156,7 +184,10 @@ impl Cluster {
         let mut dirs = Vec::new();
         for (l, addr) in listeners.into_iter().zip(&addrs) {
             let dir = TempDir::new(tag);
-            let cfg = test_cfg(dir.path(), addr, n, addrs.clone(), snapshot_every);
+            let mut cfg = test_cfg(dir.path(), addr, n, addrs.clone(), snapshot_every);
+            if tls {
+                cfg = with_tls(cfg);
+            }
             servers.push(Server::start(cfg, l).await);
             dirs.push(dir);
         }
@@ -243,12 +274,49 @@ async fn write_retrying(servers: &[&Server], cmd: Command) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_replicate_fail_over_and_catch_up() {
+    fail_over_and_catch_up(false).await;
+}
+
+/// The same over mutual TLS, as servers with a token run; and a client
+/// with the token but no server certificate cannot speak Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_over_mutual_tls() {
+    fail_over_and_catch_up(true).await;
+}
+
+async fn fail_over_and_catch_up(tls: bool) {
     let t0 = Instant::now();
-    let mut c = Cluster::new("failover", 3, 10_000).await;
+    let mut c = Cluster::with(if tls { "mtls" } else { "failover" }, 3, 10_000, tls).await;
     let l = c.leader(&[0, 1, 2]).await;
     eprintln!("cluster of 3 formed with a leader in {:?}", t0.elapsed());
     let leader = c.servers[l].replica.clone();
     let leader_addr = c.servers[l].addr().to_string();
+    if tls {
+        // The token and the cluster CA, but no certificate: refused.
+        let cfg = berth_tls::client_config(&ca(), None).unwrap();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .use_preconfigured_tls((*cfg).clone())
+            .build()
+            .unwrap();
+        for path in ["/raft/append", "/raft/vote", "/raft/info"] {
+            let r = http
+                .post(format!("https://{leader_addr}{path}"))
+                .bearer_auth(TOKEN)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+        }
+        // Plain HTTP gets no answer at all.
+        assert!(reqwest::Client::new()
+            .get(format!("http://{leader_addr}/raft/info"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .is_err());
+    }
 
     for i in 0..5 {
         let r = leader.write(weight(i)).await.expect("write through leader");
@@ -318,7 +386,8 @@ async fn three_servers_replicate_fail_over_and_catch_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_compact_the_log_and_restore() {
-    let mut c = Cluster::new("snapshot", 3, 20).await;
+    // Over TLS: snapshot chunks are raw bytes, the largest bodies.
+    let mut c = Cluster::with("snapshot", 3, 20, true).await;
     let l = c.leader(&[0, 1, 2]).await;
     let lagging = (l + 1) % 3;
     let other = (l + 2) % 3;
@@ -392,7 +461,8 @@ async fn snapshots_compact_the_log_and_restore() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_server_joins_and_leaves() {
-    let c = Cluster::new("join", 3, 10_000).await;
+    // Over TLS: the join is forwarded from a follower to the leader.
+    let c = Cluster::with("join", 3, 10_000, true).await;
     let l = c.leader(&[0, 1, 2]).await;
     c.servers[l].replica.write(weight(0)).await.unwrap();
 
@@ -401,13 +471,13 @@ async fn a_fourth_server_joins_and_leaves() {
     let dir = TempDir::new("join4");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let cfg = test_cfg(
+    let cfg = with_tls(test_cfg(
         dir.path(),
         &addr,
         3,
         vec![c.servers[f].addr().to_string()],
         10_000,
-    );
+    ));
     let t = Instant::now();
     let mut fourth = Server::start(cfg, listener).await;
     let id4 = fourth.replica.id();
@@ -433,12 +503,15 @@ async fn a_fourth_server_joins_and_leaves() {
     let own = fourth.replica.members().await.unwrap();
     assert!(own.iter().any(|m| m.id == id4 && m.role == "follower"));
 
-    // Leave through a follower, which forwards to the leader.
+    // Leave through a follower, which forwards to the leader; like the
+    // CLI, with the token and no certificate.
+    let tls = berth_tls::client_config(&ca(), None).unwrap();
     let resp = reqwest::Client::builder()
         .no_proxy()
+        .use_preconfigured_tls((*tls).clone())
         .build()
         .unwrap()
-        .post(format!("http://{}/v1/cluster/leave", c.servers[f].addr()))
+        .post(format!("https://{}/v1/cluster/leave", c.servers[f].addr()))
         .bearer_auth(TOKEN)
         .json(&super::http::LeaveRequest { id: id4 })
         .send()

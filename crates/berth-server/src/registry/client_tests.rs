@@ -44,6 +44,40 @@ async fn serve(token: Option<&str>, peers: Vec<String>) -> Served {
     }
 }
 
+/// A cluster token, long enough to derive the cluster CA from.
+const TOKEN: &str = "t0123456789abcdef-registry";
+
+/// A registry as a server with a token serves it: HTTPS under the cluster
+/// CA of [`TOKEN`], fetching from `peers` over HTTPS too.
+async fn serve_tls(peers: Vec<String>) -> Served {
+    let ca = berth_tls::ClusterCa::from_token(TOKEN).unwrap();
+    let identity = ca.issue_server("r", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        RegistryStore::open(&dir.path().join("registry"), RegistryConfig::default()).unwrap();
+    if !peers.is_empty() {
+        let tls = berth_tls::client_config(&ca, Some(&identity)).unwrap();
+        store = store.with_tls_peers(move || peers.clone(), Some(TOKEN.into()), tls);
+    }
+    let store = Arc::new(store);
+    let app = auth::require_token(routes(store.clone()), Some(TOKEN.into()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let config = berth_tls::server_config(&ca, &identity).unwrap();
+    let task = tokio::spawn(berth_tls::serve_tls(
+        listener,
+        config,
+        app,
+        std::future::pending(),
+    ));
+    Served {
+        addr,
+        store,
+        _dir: dir,
+        task,
+    }
+}
+
 struct Local {
     dir: tempfile::TempDir,
     store: ImageStore,
@@ -277,10 +311,12 @@ async fn pulls_gzip_layers_and_follows_an_index_to_this_platform() {
     .await;
 }
 
+/// Over HTTPS, as servers with a token serve: `with_servers` derives the
+/// cluster CA from the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_server_serves_a_push_and_dead_servers_are_skipped() {
-    let a = serve(Some("tok"), vec![]).await;
-    let b = serve(Some("tok"), vec![a.addr.clone()]).await;
+    let a = serve_tls(vec![]).await;
+    let b = serve_tls(vec![a.addr.clone()]).await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
@@ -290,26 +326,62 @@ async fn any_server_serves_a_push_and_dead_servers_are_skipped() {
         let src = local();
         src.import("app:1", &[("a", b"a"), ("b", b"b")]);
         let servers = vec![dead.clone(), a_addr.clone()];
-        let report = distribution::with_servers(&servers, Some("tok"), |r| {
+        let report = distribution::with_servers(&servers, Some(TOKEN), |r| {
             distribution::push(&src.store, "app:1", r, &mut |_| {})
         })
         .unwrap();
-        assert!(report.registry.ends_with(&a_addr), "{}", report.registry);
+        assert_eq!(report.registry, format!("https://{a_addr}"));
         // Pulled from b, which fetches everything from a.
         let dst = local();
-        let servers = vec![dead, b_addr];
-        let pulled = distribution::with_servers(&servers, Some("tok"), |r| {
+        let servers = vec![dead, b_addr.clone()];
+        let pulled = distribution::with_servers(&servers, Some(TOKEN), |r| {
             distribution::pull(&dst.store, r, "app", "1", None, &mut |_| {})
         })
         .unwrap();
         assert_eq!(pulled.layers_downloaded, 1);
         assert_eq!(dst.store.resolve("app:1").unwrap().id, report.image_id);
         // A 404 is an answer, not a reason to try other servers.
-        let err = distribution::with_servers(&[a_addr], Some("tok"), |r| {
+        let err = distribution::with_servers(std::slice::from_ref(&a_addr), Some(TOKEN), |r| {
             distribution::pull(&dst.store, r, "nope", "1", None, &mut |_| {})
         })
         .unwrap_err();
         assert!(err.is_not_found(), "{err}");
+        // Another cluster's token: the servers' certificates are foreign,
+        // which no other server would change.
+        let err = distribution::with_servers(
+            &[a_addr.clone(), b_addr.clone()],
+            Some("t0123456789abcdef-elsewhere"),
+            |r| distribution::pull(&dst.store, r, "app", "1", None, &mut |_| {}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, distribution::DistributionError::Tls { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("wrong --token"), "{err}");
+        let err = distribution::with_servers(&[a_addr], Some("short"), |r| {
+            distribution::pull(&dst.store, r, "app", "1", None, &mut |_| {})
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("too short"), "{err}");
+    })
+    .await;
+}
+
+/// A registry without TLS is reached with an explicit `http://`, token or
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_http_addresses_stay_plain() {
+    let a = serve(Some("tok"), vec![]).await;
+    let servers = vec![format!("http://{}", a.addr)];
+    blocking(move || {
+        let src = local();
+        src.import("app:1", &[("a", b"a")]);
+        let report = distribution::with_servers(&servers, Some("tok"), |r| {
+            distribution::push(&src.store, "app:1", r, &mut |_| {})
+        })
+        .unwrap();
+        assert_eq!(report.registry, servers[0]);
     })
     .await;
 }

@@ -26,37 +26,55 @@ pub(crate) struct Peers {
     list: Box<dyn Fn() -> Vec<String> + Send + Sync>,
     token: Option<String>,
     http: reqwest::Client,
+    /// For a bare `host:port`: `https` when the servers speak TLS.
+    scheme: &'static str,
 }
 
-fn base_url(addr: &str) -> String {
+fn base_url(scheme: &str, addr: &str) -> String {
     let a = addr.trim().trim_end_matches('/');
     if a.starts_with("http://") || a.starts_with("https://") {
         a.to_string()
     } else {
-        format!("http://{a}")
+        format!("{scheme}://{a}")
     }
 }
 
 impl Peers {
+    /// `tls`: the servers serve HTTPS under the cluster CA (a token is
+    /// configured); peers are then called with this client configuration.
     pub(crate) fn new(
         list: Box<dyn Fn() -> Vec<String> + Send + Sync>,
         token: Option<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Peers are addressed directly: no proxy from the environment.
+            .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             // No overall timeout: a layer may take minutes; a peer that
             // stops sending is caught by the read timeout.
-            .read_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
-        Self { list, token, http }
+            .read_timeout(Duration::from_secs(30));
+        let scheme = match tls {
+            Some(tls) => {
+                b = b.use_preconfigured_tls((*tls).clone());
+                "https"
+            }
+            None => "http",
+        };
+        let http = b.build().unwrap_or_default();
+        Self {
+            list,
+            token,
+            http,
+            scheme,
+        }
     }
 
     fn request(&self, method: reqwest::Method, addr: &str, path: &str) -> reqwest::RequestBuilder {
         let mut req = self
             .http
-            .request(method, format!("{}{path}", base_url(addr)))
+            .request(method, format!("{}{path}", base_url(self.scheme, addr)))
             .header(PEER_HEADER, "1");
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);

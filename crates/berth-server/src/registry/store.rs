@@ -121,7 +121,19 @@ impl RegistryStore {
         peers: impl Fn() -> Vec<String> + Send + Sync + 'static,
         token: Option<String>,
     ) -> Self {
-        self.peers = Some(Peers::new(Box::new(peers), token));
+        self.peers = Some(Peers::new(Box::new(peers), token, None));
+        self
+    }
+
+    /// Like [`RegistryStore::with_peers`], for servers that speak HTTPS:
+    /// peers are called with `tls` (trusting the cluster CA).
+    pub fn with_tls_peers(
+        mut self,
+        peers: impl Fn() -> Vec<String> + Send + Sync + 'static,
+        token: Option<String>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        self.peers = Some(Peers::new(Box::new(peers), token, Some(tls)));
         self
     }
 

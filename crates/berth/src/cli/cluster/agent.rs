@@ -1,6 +1,6 @@
 //! `berth agent`: runs the tasks the servers assign to this machine.
 
-use super::{clean_servers, shutdown_signal};
+use super::{check_token, clean_servers, shutdown_signal};
 use anyhow::Context;
 use berth_types::{parse_attributes, Resources};
 use clap::Args;
@@ -34,7 +34,9 @@ pub struct AgentArgs {
     /// Host name to register with (default: the machine's)
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Cluster secret
+    /// Cluster secret: the agent enrols with it (its certificate is kept
+    /// in DATA_DIR/cluster-identity.pem) and speaks mutual TLS with the
+    /// servers
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Accept tasks without running them (for placement benchmarks)
@@ -61,7 +63,7 @@ impl AgentArgs {
         Ok(berth_agent::AgentConfig {
             data_dir: self.data_dir.clone(),
             servers: clean_servers(&self.servers).context("invalid --servers")?,
-            token: self.token.clone().filter(|t| !t.is_empty()),
+            token: check_token(self.token.as_deref())?,
             listen: self.listen,
             resources,
             attributes,

@@ -25,9 +25,15 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// With a token, HTTPS trusting only the cluster CA derived from it
+    /// (servers with a token speak nothing else); without, plain HTTP.
     pub fn client(&self) -> anyhow::Result<ClusterClient> {
         let servers = clean_servers(&self.servers)?;
-        Ok(ClusterClient::new(servers, self.resolved_token()))
+        Ok(ClusterClient::for_cluster(
+            servers,
+            self.resolved_token(),
+            None,
+        )?)
     }
 
     /// --token, or else (root on the machine running `berth up`) the token
@@ -76,6 +82,22 @@ pub fn local_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
     f.write_all(token.as_bytes())?;
     f.sync_all()?;
     Ok(token)
+}
+
+/// Checks a cluster token given on the command line: empty means none, and
+/// a short one cannot be a cluster's (the cluster CA is derived from it).
+pub fn check_token(token: Option<&str>) -> anyhow::Result<Option<String>> {
+    match token.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) if t.len() < berth_tls::MIN_TOKEN_LEN => Err(anyhow::anyhow!(
+            "invalid --token: {}",
+            berth_tls::TlsError::TokenTooShort {
+                len: t.len(),
+                min: berth_tls::MIN_TOKEN_LEN
+            }
+        )),
+        Some(t) => Ok(Some(t.to_string())),
+    }
 }
 
 /// Trims and checks a list of `host:port` addresses.

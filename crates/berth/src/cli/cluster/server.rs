@@ -1,7 +1,7 @@
 //! `berth server`: a control-plane server (Raft member) in the foreground,
 //! and `berth server members|leave` to look at and change the server set.
 
-use super::{clean_servers, parse_duration, shutdown_signal, ClusterArgs};
+use super::{check_token, clean_servers, parse_duration, shutdown_signal, ClusterArgs};
 use crate::output::table;
 use anyhow::Context;
 use berth_api::cluster::MemberView;
@@ -37,7 +37,10 @@ pub struct ServerRunArgs {
     /// Other servers (host:port), comma separated
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
-    /// Cluster secret: agents and clients must present it
+    /// Cluster secret (at least 16 bytes, e.g. 32 random bytes in hex):
+    /// agents and clients must present it, and with it the server speaks
+    /// HTTPS only, under a cluster CA derived from it (written to
+    /// DATA_DIR/ca.pem)
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// How long an agent may stay silent before its tasks are marked LOST
@@ -94,7 +97,9 @@ impl ServerRunArgs {
         cfg.advertise = self.advertise.clone();
         cfg.bootstrap_expect = self.bootstrap_expect;
         cfg.join = join;
-        cfg.token = self.token.clone().filter(|t| !t.is_empty());
+        // With a token the server speaks HTTPS only, under the CA derived
+        // from it, which a short token would make guessable.
+        cfg.token = check_token(self.token.as_deref())?;
         cfg.agent_timeout = self.agent_timeout;
         cfg.offer_timeout = self.offer_timeout;
         cfg.id = self.id;
