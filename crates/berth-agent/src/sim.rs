@@ -42,7 +42,8 @@ struct SimSpec {
     identity_path: Option<PathBuf>,
 }
 
-/// Runs `count` simulated agents (ids and host names `sim-0` .. `sim-N-1`)
+/// Runs `count` simulated agents (ids and host names `sim-0` .. `sim-N-1`,
+/// or `sim-HOST-0` .. with `--hostname HOST`)
 /// until `shutdown` resolves, or until the servers refuse them.
 pub async fn run_simulated(
     cfg: AgentConfig,
@@ -64,10 +65,16 @@ pub async fn run_simulated(
         .unwrap_or_else(|| detect_resources(&cfg.data_dir));
     let gate = Arc::new(Semaphore::new(REGISTER_CONCURRENCY));
     let mut set = tokio::task::JoinSet::new();
+    // Several simulating processes may share a cluster: --hostname tells
+    // their agents apart (sim-HOST-N), else they are sim-N.
+    let prefix = match cfg.hostname.as_deref() {
+        Some(h) if !h.is_empty() => format!("sim-{h}-"),
+        _ => "sim-".to_string(),
+    };
     for i in 0..count {
         let spec = SimSpec {
-            agent_id: Some(format!("sim-{i}")),
-            hostname: format!("sim-{i}"),
+            agent_id: Some(format!("{prefix}{i}")),
+            hostname: format!("{prefix}{i}"),
             resources,
             attributes: cfg.attributes.clone(),
             wait_ms: cfg.wait_ms,

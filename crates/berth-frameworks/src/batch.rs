@@ -17,8 +17,11 @@ use berth_api::cluster::{
     Call, CallEnvelope, Event, Filters, FrameworkInfo, Offer, Operation, ReconcileTask, TaskInfo,
     TaskStatus,
 };
-use berth_sched::placement::{explain, place, NodeFit, OfferSlot, Placed, PlacementRequest};
-use berth_types::{Attributes, JobSpec, Resources, TaskState};
+use berth_sched::placement::{
+    explain, place, place_holding, spread_values, NodeFit, OfferSlot, Placed, PlacementRequest,
+};
+use berth_types::{Attributes, Constraint, JobSpec, Resources, TaskState};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Makes the random part of task ids.
@@ -43,6 +46,14 @@ pub const RECONCILE_AFTER_MS: u64 = 30_000;
 pub const KILL_RESEND_MS: u64 = 30_000;
 /// Pending instances that saw no offers for this long get a placement note.
 pub const NOTE_AFTER_MS: u64 = 2_000;
+/// Most tasks launched by one ACCEPT. One ACCEPT is one replicated write,
+/// so the offers of a round go out in a few large calls rather than one
+/// call (and one write) per agent; the bound keeps each log entry a few MB.
+pub const MAX_TASKS_PER_ACCEPT: usize = 10_000;
+/// How long a spread job may hold back instances for attribute values that
+/// have room on some node but no offer yet; after that it places on the
+/// values it is offered, so a node never offered cannot stall it.
+pub const SPREAD_HOLD_MS: u64 = 5_000;
 
 /// KILLED reasons meaning the task was moved off its node, not stopped.
 const RELAUNCH_REASONS: &[&str] = &["drained", "agent_lost", "agent_restarted"];
@@ -82,10 +93,37 @@ struct JobState {
     unplaced: bool,
     /// Since when some instances have been pending.
     pending_since_ms: Option<u64>,
+    /// `pending()` as last computed; `None` after anything that may change
+    /// it. Status updates of tasks already known live (the bulk of the
+    /// events: STAGING -> RUNNING) leave it, so each event costs O(1)
+    /// instead of a walk over every instance.
+    pending_cache: Cell<Option<u32>>,
+    /// Whether one more task fits on some active node, with the node
+    /// snapshot generation it was judged on.
+    fits: Cell<Option<(u64, bool)>>,
+    /// The placement note with what it was computed from (unplaced, node
+    /// snapshot generation), so unchanged inputs do not recompute it.
+    note: Option<((bool, u64), String)>,
+    /// Since when a spread placement holds instances back for values that
+    /// were not offered.
+    held_since_ms: Option<u64>,
 }
 
 impl JobState {
+    fn invalidate(&self) {
+        self.pending_cache.set(None);
+    }
+
     fn pending(&self) -> u32 {
+        if let Some(n) = self.pending_cache.get() {
+            return n;
+        }
+        let n = self.count_pending();
+        self.pending_cache.set(Some(n));
+        n
+    }
+
+    fn count_pending(&self) -> u32 {
         match &self.entry {
             Some(e) if !e.stopped => {
                 let busy = self
@@ -135,6 +173,13 @@ pub struct Batch {
     role: String,
     framework_id: String,
     subscribed_ms: Option<u64>,
+    /// Offers wait for reconciliation only when tasks were believed live at
+    /// subscription: with none, nothing can be launched twice, and waiting
+    /// would let frameworks subscribed a moment earlier take more than
+    /// their DRF share of a new agent.
+    reconcile_grace: bool,
+    /// `restore` seeded the tasks from the replicated state.
+    restored: bool,
     /// `on_jobs` was called: until then the framework cannot tell what is
     /// pending and neither launches nor changes its demand.
     jobs_known: bool,
@@ -145,6 +190,9 @@ pub struct Batch {
     /// Host name to attributes, learnt from offers and nodes.
     hosts: BTreeMap<String, Attributes>,
     nodes: Vec<NodeFit>,
+    /// Bumped with every node snapshot; cached judgements made on an older
+    /// one are stale.
+    nodes_gen: u64,
     last_offers_ms: Option<u64>,
     /// Whether offers are suppressed; unknown after each SUBSCRIBED, so
     /// the first demand decision is always sent.
@@ -166,12 +214,15 @@ impl Batch {
             role: role.to_string(),
             framework_id: batch_framework_id(role),
             subscribed_ms: None,
+            reconcile_grace: true,
+            restored: false,
             jobs_known: false,
             jobs: BTreeMap::new(),
             tasks: BTreeMap::new(),
             agents: BTreeMap::new(),
             hosts: BTreeMap::new(),
             nodes: Vec::new(),
+            nodes_gen: 0,
             last_offers_ms: None,
             suppressed: None,
             last_request: None,
@@ -213,9 +264,12 @@ impl Batch {
     /// included), before subscribing: which instances already finished,
     /// how often each failed, where the running ones are.
     pub fn restore(&mut self, jobs: &[JobEntry], mut tasks: Vec<KnownTask>, now_ms: u64) {
+        self.restored = true;
         let jobs: Vec<&JobEntry> = jobs.iter().filter(|e| self.owns(&e.spec)).collect();
         for e in &jobs {
-            self.jobs.entry(e.spec.name.clone()).or_default().entry = Some((*e).clone());
+            let js = self.jobs.entry(e.spec.name.clone()).or_default();
+            js.entry = Some((*e).clone());
+            js.invalidate();
         }
         // Tasks of other roles' jobs belong to other instances.
         tasks.retain(|t| {
@@ -264,6 +318,8 @@ impl Batch {
             Event::Subscribed { framework_id, .. } => {
                 self.framework_id = framework_id;
                 self.subscribed_ms = Some(now_ms);
+                // Without restored state any task may exist: wait.
+                self.reconcile_grace = !self.restored || !self.tasks.is_empty();
                 // Do not assume what the server kept of an earlier
                 // subscription: state the demand afresh.
                 self.suppressed = None;
@@ -319,12 +375,19 @@ impl Batch {
         let jobs: Vec<JobEntry> = jobs.into_iter().filter(|e| self.owns(&e.spec)).collect();
         self.jobs_known = true;
         self.nodes = nodes.to_vec();
+        self.nodes_gen += 1;
         for n in nodes {
-            self.hosts.insert(n.hostname.clone(), n.attributes.clone());
+            if self.hosts.get(&n.hostname) != Some(&n.attributes) {
+                self.hosts.insert(n.hostname.clone(), n.attributes.clone());
+            }
         }
         let listed: BTreeSet<String> = jobs.iter().map(|e| e.spec.name.clone()).collect();
         for e in jobs {
             let js = self.jobs.entry(e.spec.name.clone()).or_default();
+            if js.entry.as_ref() == Some(&e) {
+                continue;
+            }
+            js.invalidate();
             if js
                 .entry
                 .as_ref()
@@ -342,8 +405,9 @@ impl Batch {
             js.entry = Some(e);
         }
         for (name, js) in self.jobs.iter_mut() {
-            if !listed.contains(name) {
+            if !listed.contains(name) && js.entry.is_some() {
                 js.entry = None;
+                js.invalidate();
             }
         }
         // Forget removed jobs once nothing of theirs runs.
@@ -427,7 +491,10 @@ impl Batch {
         let inst = js.instances.entry(id.instance).or_default();
         inst.next_attempt = inst.next_attempt.max(id.attempt.saturating_add(1));
         if !state.is_terminal() {
-            inst.live.insert(task_id.to_string());
+            if !inst.live.contains(task_id) {
+                inst.live.insert(task_id.to_string());
+                js.pending_cache.set(None);
+            }
             let t = self
                 .tasks
                 .entry(task_id.to_string())
@@ -450,6 +517,7 @@ impl Batch {
         inst.live.remove(task_id);
         self.tasks.remove(task_id);
         js.ended.insert(task_id.to_string());
+        js.pending_cache.set(None);
         match state {
             TaskState::Finished => inst.outcome = Some(Outcome::Finished),
             TaskState::Failed => inst.failures = inst.failures.saturating_add(1),
@@ -472,8 +540,19 @@ impl Batch {
         v.into_iter().map(|(_, n)| n.clone()).collect()
     }
 
-    /// Where the job's live tasks are, for its placement constraints.
+    /// Where the job's live tasks are, for its placement constraints; empty
+    /// when it has no `unique` or `spread` (only they count live tasks), so
+    /// a job of 25,000 plain instances does not walk them at every offer.
     fn existing(&self, js: &JobState) -> Vec<Placed> {
+        let counts_live = js.entry.as_ref().is_some_and(|e| {
+            e.spec
+                .constraints
+                .iter()
+                .any(|c| !matches!(c, Constraint::Equal { .. }))
+        });
+        if !counts_live {
+            return Vec::new();
+        }
         js.instances
             .values()
             .flat_map(|i| i.live.iter())
@@ -484,6 +563,18 @@ impl Batch {
                 attributes: self.hosts.get(host).cloned().unwrap_or_default(),
             })
             .collect()
+    }
+
+    /// [`Batch::fits_some_node`], judged once per node snapshot.
+    fn fits_cached(&self, js: &JobState, spec: &JobSpec) -> bool {
+        if let Some((generation, fits)) = js.fits.get() {
+            if generation == self.nodes_gen {
+                return fits;
+            }
+        }
+        let fits = self.fits_some_node(js, spec);
+        js.fits.set(Some((self.nodes_gen, fits)));
+        fits
     }
 
     /// Whether one more task of the job fits on some active node, by the
@@ -524,7 +615,11 @@ impl Batch {
         let Some(subscribed) = self.subscribed_ms else {
             return vec![self.decline(all, DECLINE_REFUSE_SECONDS)];
         };
-        let grace_left = (subscribed + RECONCILE_GRACE_MS).saturating_sub(now_ms);
+        let grace_left = if self.reconcile_grace {
+            (subscribed + RECONCILE_GRACE_MS).saturating_sub(now_ms)
+        } else {
+            0
+        };
         if !self.jobs_known || grace_left > 0 {
             let refuse = (grace_left as f64 / 1000.0).max(ACCEPT_REFUSE_SECONDS);
             return vec![self.decline(all, refuse)];
@@ -561,7 +656,23 @@ impl Batch {
                 existing: &existing,
                 count: pending,
             };
-            let plan = place(&slots, &req);
+            // A spread job holds instances back for values a node has room
+            // for but no offer brought, for a while: placing them on the
+            // offered values instead would pile them up there.
+            let holding = spec
+                .constraints
+                .iter()
+                .any(|c| matches!(c, Constraint::Spread { .. }))
+                && !self.nodes.is_empty()
+                && js
+                    .held_since_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) < SPREAD_HOLD_MS);
+            let plan = if holding {
+                let elsewhere = spread_values(&self.nodes, &req);
+                place_holding(&slots, &req, &elsewhere)
+            } else {
+                place(&slots, &req)
+            };
             let planned: u32 = plan.iter().map(|(_, n)| *n).fold(0, u32::saturating_add);
             let mut free = js.pending_indices().take(planned.min(pending) as usize);
             // (offer index, instance) pairs, checked against what the offer holds.
@@ -589,29 +700,55 @@ impl Batch {
             }
             if let Some(js) = self.jobs.get_mut(&name) {
                 js.unplaced = placed < pending;
+                if placed >= pending {
+                    js.held_since_ms = None;
+                } else if holding {
+                    js.held_since_ms.get_or_insert(now_ms);
+                }
             }
         }
 
+        // Every used offer goes in as few ACCEPTs as the size bound allows
+        // (an ACCEPT may take offers of many agents): each ACCEPT is one
+        // replicated write, so one per agent would make a round of 5,000
+        // offers 5,000 writes.
         let mut out = Vec::new();
         let mut unused = Vec::new();
-        for (o, tasks) in offers.iter().zip(launches) {
-            if tasks.is_empty() {
+        let mut used: Vec<String> = Vec::new();
+        let mut tasks: Vec<TaskInfo> = Vec::new();
+        for (o, launch) in offers.iter().zip(launches) {
+            if launch.is_empty() {
                 unused.push(o.id.clone());
                 continue;
             }
-            tracing::info!(offer_id = %o.id, agent_id = %o.agent_id, tasks = tasks.len(), "launching batch tasks");
-            out.push(self.call(Call::Accept {
-                offer_ids: vec![o.id.clone()],
-                operations: vec![Operation::Launch { task_infos: tasks }],
-                filters: Some(Filters {
-                    refuse_seconds: ACCEPT_REFUSE_SECONDS,
-                }),
-            }));
+            used.push(o.id.clone());
+            tasks.extend(launch);
+            if tasks.len() >= MAX_TASKS_PER_ACCEPT {
+                out.push(self.accept(std::mem::take(&mut used), std::mem::take(&mut tasks)));
+            }
+        }
+        if !used.is_empty() {
+            out.push(self.accept(used, tasks));
         }
         if !unused.is_empty() {
             out.push(self.decline(unused, DECLINE_REFUSE_SECONDS));
         }
         out
+    }
+
+    fn accept(&self, offer_ids: Vec<String>, task_infos: Vec<TaskInfo>) -> CallEnvelope {
+        tracing::info!(
+            offers = offer_ids.len(),
+            tasks = task_infos.len(),
+            "launching batch tasks"
+        );
+        self.call(Call::Accept {
+            offer_ids,
+            operations: vec![Operation::Launch { task_infos }],
+            filters: Some(Filters {
+                refuse_seconds: ACCEPT_REFUSE_SECONDS,
+            }),
+        })
     }
 
     fn decline(&self, offer_ids: Vec<String>, refuse_seconds: f64) -> CallEnvelope {
@@ -625,6 +762,7 @@ impl Batch {
     fn new_task(&mut self, spec: &JobSpec, instance: u32, agent_id: &str, now_ms: u64) -> TaskInfo {
         let suffix = clean_suffix(&(self.ids)());
         let js = self.jobs.entry(spec.name.clone()).or_default();
+        js.invalidate();
         let inst = js.instances.entry(instance).or_default();
         let id = BatchTaskId {
             job: spec.name.clone(),
@@ -716,37 +854,50 @@ impl Batch {
         }
     }
 
-    /// REQUEST for the oldest job with pending instances (re-sent when it
-    /// changes), REVIVE when something becomes pending, SUPPRESS when
-    /// nothing is.
+    /// REQUEST (re-sent when it changes), REVIVE when something becomes
+    /// pending, SUPPRESS when nothing is.
+    ///
+    /// The REQUEST names the task size of the oldest job with pending
+    /// instances, and counts the pending instances of every job of that
+    /// size: jobs submitted back to back are then offered for together in
+    /// one allocation round, instead of one job per round trip. Jobs of
+    /// other sizes are asked for once those are placed.
     ///
     /// A request for tasks no node can hold would get no offers at all
     /// (the allocator offers requesting frameworks only task-sized
     /// slices), and younger jobs would wait behind it; so the oldest job
-    /// that fits on some node now is asked for, and the oldest of all only
-    /// when none fits.
+    /// that fits on some node now sets the size (and only jobs that fit
+    /// are counted), and the oldest of all only when none fits.
     fn demand_calls(&mut self) -> Vec<CallEnvelope> {
         if self.subscribed_ms.is_none() || !self.jobs_known {
             return Vec::new();
         }
-        let mut oldest = None;
-        let mut fitting = None;
-        for name in self.job_order() {
-            let Some(js) = self.jobs.get(&name) else {
-                continue;
-            };
-            let pending = js.pending();
-            let Some(e) = js.entry.as_ref().filter(|_| pending > 0) else {
-                continue;
-            };
-            let want = (e.spec.resources(), u64::from(pending));
-            oldest.get_or_insert(want);
-            if self.fits_some_node(js, &e.spec) {
-                fitting = Some(want);
-                break;
-            }
-        }
-        let want = fitting.or(oldest);
+        let order: Vec<(&JobState, &JobEntry, u32)> = self
+            .job_order()
+            .iter()
+            .filter_map(|name| self.jobs.get(name))
+            .filter_map(|js| {
+                let pending = js.pending();
+                js.entry
+                    .as_ref()
+                    .filter(|_| pending > 0)
+                    .map(|e| (js, e, pending))
+            })
+            .collect();
+        let fitting = order
+            .iter()
+            .find(|(js, e, _)| self.fits_cached(js, &e.spec))
+            .map(|(_, e, _)| e.spec.resources());
+        let oldest = order.first().map(|(_, e, _)| e.spec.resources());
+        let want = fitting.or(oldest).map(|size| {
+            let count: u64 = order
+                .iter()
+                .filter(|(_, e, _)| e.spec.resources() == size)
+                .filter(|(js, e, _)| fitting.is_none() || self.fits_cached(js, &e.spec))
+                .map(|(_, _, pending)| u64::from(*pending))
+                .sum();
+            (size, count)
+        });
         let mut out = Vec::new();
         match want {
             None => {
@@ -790,8 +941,19 @@ impl Batch {
             let since = js.pending_since_ms.unwrap_or(now_ms);
             let quiet_from = since.max(self.last_offers_ms.unwrap_or(0));
             let show = js.unplaced || now_ms.saturating_sub(quiet_from) >= NOTE_AFTER_MS;
-            let note = if show {
-                js.entry.as_ref().map(|e| {
+            // explain() walks every node: once per node snapshot (or when
+            // offers start or stop fitting), not at each of the thousands
+            // of updates a second that change the pending count; the count
+            // in the note may thus lag by one snapshot.
+            let key = (js.unplaced, self.nodes_gen);
+            let mut computed = None;
+            let note = if !show {
+                // Not judged yet: keep what was said before.
+                self.notes.get(&name).cloned()
+            } else if let Some((_, note)) = js.note.as_ref().filter(|(k, _)| *k == key) {
+                Some(note.clone())
+            } else {
+                computed = js.entry.as_ref().map(|e| {
                     let existing = self.existing(js);
                     let req = PlacementRequest {
                         per_task: e.spec.resources(),
@@ -800,16 +962,17 @@ impl Batch {
                         count: pending,
                     };
                     explain(&self.nodes, &req, pending)
-                })
-            } else {
-                // Not judged yet: keep what was said before.
-                self.notes.get(&name).cloned()
+                });
+                computed.clone()
             };
             if let Some(note) = note {
                 notes.insert(name.clone(), note);
             }
             if let Some(js) = self.jobs.get_mut(&name) {
                 js.pending_since_ms = Some(since);
+                if let Some(note) = computed {
+                    js.note = Some((key, note));
+                }
             }
         }
         self.notes = notes;

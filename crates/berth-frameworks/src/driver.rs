@@ -7,11 +7,27 @@ use berth_api::cluster::{CallEnvelope, Event};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// How often the job list is read again.
 pub const JOBS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Handling one event or snapshot for longer than this is logged: events
+/// queue behind it, and offers expire.
+const SLOW: Duration = Duration::from_millis(200);
+
+fn event_name(ev: &Event) -> &'static str {
+    match ev {
+        Event::Subscribed { .. } => "SUBSCRIBED",
+        Event::Offers { .. } => "OFFERS",
+        Event::Rescind { .. } => "RESCIND",
+        Event::Update { .. } => "UPDATE",
+        Event::Failure { .. } => "FAILURE",
+        Event::Error { .. } => "ERROR",
+        Event::Heartbeat {} => "HEARTBEAT",
+    }
+}
 
 /// Eight random lowercase hex digits, for task ids.
 pub fn random_suffix() -> String {
@@ -67,21 +83,33 @@ pub async fn run_batch(
     tokio::pin!(shutdown);
     let mut published: Option<BTreeMap<String, String>> = None;
     loop {
-        let out = tokio::select! {
+        let (what, started, out) = tokio::select! {
             _ = &mut shutdown => break,
             ev = events.recv() => match ev {
-                Some(ev) => batch.on_event(ev, clock.now_ms()),
+                Some(ev) => {
+                    let (what, started) = (event_name(&ev), Instant::now());
+                    (what, started, batch.on_event(ev, clock.now_ms()))
+                }
                 None => {
                     tracing::info!("batch framework: event stream closed");
                     break;
                 }
             },
             _ = tick.tick() => {
+                let started = Instant::now();
                 let jobs = view.jobs();
                 let nodes = view.nodes();
-                batch.on_jobs(jobs, &nodes, clock.now_ms())
+                ("job snapshot", started, batch.on_jobs(jobs, &nodes, clock.now_ms()))
             }
         };
+        let took = started.elapsed();
+        if took >= SLOW {
+            tracing::warn!(
+                what,
+                took_ms = took.as_millis() as u64,
+                "batch framework: slow to handle"
+            );
+        }
         for c in out {
             if calls.send(c).await.is_err() {
                 tracing::info!("batch framework: call channel closed");

@@ -23,4 +23,6 @@ mod res;
 
 pub use allocator::{AgentSnapshot, Allocation, Allocator, Demand, FrameworkSnapshot, Snapshot};
 pub use drf::{dominant_share, Drf};
-pub use placement::{explain, place, NodeFit, OfferSlot, Placed, PlacementRequest};
+pub use placement::{
+    explain, place, place_holding, spread_values, NodeFit, OfferSlot, Placed, PlacementRequest,
+};

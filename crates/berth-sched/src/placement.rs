@@ -12,6 +12,9 @@
 //!   tasks so far (live + placed here), ties by value, among the values
 //!   that have an offer able to take it; nodes without the attribute are not
 //!   used. With several spreads the first constraint decides first.
+//!   [`place_holding`] also counts values that have room on some node but
+//!   no offer in hand, and stops rather than place a task on a value that
+//!   is not the least loaded of those.
 //!
 //! Within the chosen value, offers are used in the order given, as many
 //! tasks per offer as fit (one when a `Unique` applies).
@@ -143,11 +146,16 @@ impl<'a> Plan<'a> {
     }
 
     /// One spread: a priority set of (tasks, value), and batches of tasks
-    /// for as long as the value stays the least loaded.
-    fn spread_one(&mut self) {
+    /// for as long as the value stays the least loaded. Values in
+    /// `elsewhere` compete too; when one of them is the least loaded and no
+    /// offer of it can take a task, placing stops there.
+    fn spread_one(&mut self, elsewhere: Option<&'a BTreeSet<String>>) {
         let mut groups: BTreeMap<&'a str, (Vec<usize>, usize)> = BTreeMap::new();
         for (c, cand) in self.cands.iter().enumerate() {
             groups.entry(cand.spread[0]).or_default().0.push(c);
+        }
+        for v in elsewhere.into_iter().flatten() {
+            groups.entry(v.as_str()).or_default();
         }
         let mut queue: BTreeSet<(u64, &'a str)> =
             groups.keys().map(|&v| (self.count(0, v), v)).collect();
@@ -161,6 +169,11 @@ impl<'a> Plan<'a> {
                 *cursor += 1;
             }
             let Some(&c) = members.get(*cursor) else {
+                if elsewhere.is_some_and(|e| e.contains(v)) {
+                    // The next task belongs on `v`, which has room but no
+                    // offer here: hold the rest back.
+                    break;
+                }
                 queue.remove(&(n, v));
                 continue;
             };
@@ -222,6 +235,28 @@ impl<'a> Plan<'a> {
 ///
 /// Pairs are in offer order, one per offer used.
 pub fn place(offers: &[OfferSlot], req: &PlacementRequest) -> Vec<(usize, u32)> {
+    place_inner(offers, req, None)
+}
+
+/// [`place`] for a job whose offers may not cover every node that could
+/// take its tasks: with one `Spread` constraint, the values in `elsewhere`
+/// (see [`spread_values`]) compete with the offered ones, and when the
+/// least loaded value has no offer able to take the next task, the rest of
+/// the tasks are not placed, rather than piled onto values that already
+/// have more. Without a spread, or with several, this is [`place`].
+pub fn place_holding<'a>(
+    offers: &'a [OfferSlot],
+    req: &PlacementRequest<'a>,
+    elsewhere: &'a BTreeSet<String>,
+) -> Vec<(usize, u32)> {
+    place_inner(offers, req, Some(elsewhere))
+}
+
+fn place_inner<'a>(
+    offers: &'a [OfferSlot],
+    req: &PlacementRequest<'a>,
+    elsewhere: Option<&'a BTreeSet<String>>,
+) -> Vec<(usize, u32)> {
     let spreads: Vec<&str> = req
         .constraints
         .iter()
@@ -233,10 +268,58 @@ pub fn place(offers: &[OfferSlot], req: &PlacementRequest) -> Vec<(usize, u32)> 
     let mut plan = plan(offers, req, &spreads);
     match spreads.len() {
         0 => plan.fill_in_order(),
-        1 => plan.spread_one(),
+        1 => plan.spread_one(elsewhere),
         _ => plan.spread_many(),
     }
     finish(plan)
+}
+
+/// The values of the job's first `Spread` attribute on the active nodes
+/// that could take one more of its tasks now, by a node snapshot: free
+/// resources for a task, every `Equal` met, no `Unique` value in use by the
+/// job's live tasks, and every spread and unique attribute present. Empty
+/// when the job has no spread. For [`place_holding`].
+pub fn spread_values(nodes: &[NodeFit], req: &PlacementRequest) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Some(first) = req.constraints.iter().find_map(|c| match c {
+        Constraint::Spread { attribute } => Some(attribute.as_str()),
+        _ => None,
+    }) else {
+        return out;
+    };
+    let used: Vec<BTreeSet<&str>> = req
+        .constraints
+        .iter()
+        .map(|c| match c {
+            Constraint::Unique { attribute: a } => req
+                .existing
+                .iter()
+                .filter_map(|p| attribute(&p.hostname, &p.attributes, a))
+                .collect(),
+            _ => BTreeSet::new(),
+        })
+        .collect();
+    'nodes: for n in nodes.iter().filter(|n| n.active) {
+        if !n.free.contains(&req.per_task) {
+            continue;
+        }
+        for (c, used) in req.constraints.iter().zip(&used) {
+            let v = attribute(&n.hostname, &n.attributes, c.attribute());
+            let ok = match (c, v) {
+                (_, None) => false,
+                (Constraint::Equal { value, .. }, Some(v)) => v == value,
+                (Constraint::Unique { .. }, Some(v)) => !used.contains(v),
+                (Constraint::Spread { .. }, Some(_)) => true,
+            };
+            if !ok {
+                continue 'nodes;
+            }
+        }
+        if let Some(v) = attribute(&n.hostname, &n.attributes, first) {
+            out.insert(v.to_string());
+        }
+    }
+    out
 }
 
 fn plan<'a>(offers: &'a [OfferSlot], req: &PlacementRequest<'a>, spreads: &[&str]) -> Plan<'a> {

@@ -75,22 +75,43 @@ impl ClusterView for StateView {
     }
 }
 
+/// The role of a batch framework instance, from its framework id.
+fn batch_role(framework_id: &str) -> Option<&str> {
+    if framework_id == berth_frameworks::BATCH_FRAMEWORK_ID {
+        return Some("*");
+    }
+    framework_id
+        .strip_prefix(berth_frameworks::BATCH_FRAMEWORK_ID)
+        .and_then(|r| r.strip_prefix('-'))
+}
+
 /// Roles that need a batch instance: `*` always, and every role with a job
-/// that is not stopped or still has live tasks.
-fn wanted_roles(state: &ClusterState) -> BTreeSet<String> {
+/// that is not stopped or still has live tasks. Roles in `running` already
+/// have one (instances are never stopped for lack of work).
+///
+/// Finding live tasks means a walk over every live task (100,000 under
+/// load) under the state lock, which every replicated write waits for; it
+/// is done only when a registered batch framework's role has no instance
+/// and no other reason for one.
+fn wanted_roles(state: &ClusterState, running: &BTreeSet<&str>) -> BTreeSet<String> {
     let mut roles = BTreeSet::from(["*".to_string()]);
     for j in state.jobs.values() {
         if !j.stopped {
             roles.insert(j.spec.role.clone());
         }
     }
+    let unknown: BTreeSet<&str> = state
+        .frameworks
+        .keys()
+        .filter_map(|id| batch_role(id))
+        .filter(|r| !roles.contains(*r) && !running.contains(r))
+        .collect();
+    if unknown.is_empty() {
+        return roles;
+    }
     for t in state.node_tasks.values().flatten() {
         if let Some(t) = state.tasks.get(t) {
-            if let Some(role) = t
-                .framework_id
-                .strip_prefix(berth_frameworks::BATCH_FRAMEWORK_ID)
-                .and_then(|r| r.strip_prefix('-'))
-            {
+            if let Some(role) = batch_role(&t.framework_id).filter(|r| unknown.contains(r)) {
                 roles.insert(role.to_string());
             }
         }
@@ -110,11 +131,12 @@ async fn supervise(m: Arc<Master>) {
         let state = m.replica().state();
         let view: Arc<dyn ClusterView> = Arc::new(StateView(state.clone()));
         while leader.borrow().is_self {
+            running.retain(|_, h| !h.is_finished());
             let roles = {
                 let s = state.read().unwrap_or_else(|e| e.into_inner());
-                wanted_roles(&s)
+                let have: BTreeSet<&str> = running.keys().map(String::as_str).collect();
+                wanted_roles(&s, &have)
             };
-            running.retain(|_, h| !h.is_finished());
             for role in roles {
                 if running.contains_key(&role) || !m.is_leading() {
                     continue;

@@ -13,7 +13,7 @@
 use berth_api::cluster::{FrameworkInfo, TaskInfo, TaskStatus};
 use berth_types::{Attributes, JobSpec, NodeState, Resources, TaskState};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Version of the command encoding written with every log entry.
 pub const COMMAND_VERSION: u32 = 1;
@@ -651,16 +651,18 @@ impl ClusterState {
 
     /// Resources held by each framework's non-terminal tasks.
     pub fn framework_usage(&self) -> BTreeMap<String, Resources> {
-        let mut out: BTreeMap<String, Resources> = BTreeMap::new();
+        // Every allocation round reads this over 100,000 live tasks: sum by
+        // borrowed id and clone each framework id once, not once a task.
+        let mut sums: HashMap<&str, Resources> = HashMap::new();
         for set in self.node_tasks.values() {
             for id in set {
                 if let Some(t) = self.tasks.get(id) {
-                    let e = out.entry(t.framework_id.clone()).or_default();
+                    let e = sums.entry(t.framework_id.as_str()).or_default();
                     *e = e.add(&t.info.resources);
                 }
             }
         }
-        out
+        sums.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 }
 

@@ -118,19 +118,16 @@ fn kinds(calls: &[CallEnvelope]) -> Vec<&'static str> {
         .collect()
 }
 
-/// Tasks launched by the calls, with the offer that carried them.
+/// Tasks launched by the calls, with the host of the offer that carried
+/// them (offers are made by `offer`, whose agent is `agent-<host>`).
 fn launched(calls: &[CallEnvelope]) -> Vec<(String, TaskInfo)> {
     let mut out = Vec::new();
     for c in calls {
-        if let Call::Accept {
-            offer_ids,
-            operations,
-            ..
-        } = &c.call
-        {
+        if let Call::Accept { operations, .. } = &c.call {
             for Operation::Launch { task_infos } in operations {
                 for t in task_infos {
-                    out.push((offer_ids[0].clone(), t.clone()));
+                    let host = t.agent_id.strip_prefix("agent-").unwrap_or(&t.agent_id);
+                    out.push((host.to_string(), t.clone()));
                 }
             }
         }
@@ -205,16 +202,11 @@ fn launches_instances_across_offers() {
     );
     let tasks = launched(&calls);
     assert_eq!(tasks.len(), 5, "{calls:?}");
-    let per_offer = |o: &str| tasks.iter().filter(|(id, _)| id == o).count();
-    assert_eq!(
-        (per_offer("o1"), per_offer("o2"), per_offer("o3")),
-        (2, 2, 1)
-    );
+    let per_host = |h: &str| tasks.iter().filter(|(host, _)| host == h).count();
+    assert_eq!((per_host("h1"), per_host("h2"), per_host("h3")), (2, 2, 1));
     assert_eq!(declined(&calls), ["o4"]);
-    assert_eq!(
-        kinds(&calls),
-        ["ACCEPT", "ACCEPT", "ACCEPT", "DECLINE", "SUPPRESS"]
-    );
+    // One ACCEPT (one replicated write) for the offers of three agents.
+    assert_eq!(kinds(&calls), ["ACCEPT", "DECLINE", "SUPPRESS"]);
     for c in &calls {
         match &c.call {
             Call::Accept {
@@ -222,7 +214,7 @@ fn launches_instances_across_offers() {
                 operations,
                 filters,
             } => {
-                assert_eq!(offer_ids.len(), 1);
+                assert_eq!(offer_ids, &["o1", "o2", "o3"]);
                 assert_eq!(operations.len(), 1);
                 assert_eq!(filters.unwrap().refuse_seconds, ACCEPT_REFUSE_SECONDS);
             }
@@ -282,8 +274,8 @@ fn respects_unique_and_equal_constraints() {
         T1,
     );
     let tasks = launched(&calls);
-    let hosts: Vec<&str> = tasks.iter().map(|(o, _)| o.as_str()).collect();
-    assert_eq!(hosts, ["o1", "o2"]);
+    let hosts: Vec<&str> = tasks.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(hosts, ["h1", "h2"]);
     assert_eq!(declined(&calls), ["o3"]);
     assert_eq!(b.pending("web"), 1);
 
@@ -685,4 +677,125 @@ fn each_role_has_its_own_instance() {
         0,
         "jobs of other roles are not this instance's"
     );
+}
+
+/// Jobs submitted back to back with the same task size are asked for in one
+/// REQUEST (their pending instances added up), so one allocation round
+/// offers enough for all of them; another size waits its turn.
+#[test]
+fn request_counts_every_pending_job_of_the_size() {
+    let mut other = spec("c", 7);
+    other.mem = 300;
+    let jobs = vec![
+        entry(spec("a", 3), 1),
+        entry(other, 2),
+        entry(spec("b", 2), 3),
+    ];
+    let mut b = Batch::new(ids());
+    b.on_event(subscribed(), T0);
+    let calls = b.on_jobs(jobs.clone(), &[], T0);
+    assert_eq!(requests(&calls), [(Resources::new(1.0, 100, 0), Some(5))]);
+    // Offers for all five: both jobs launch from one round, and the
+    // request moves on to the other size.
+    let calls = b.on_event(offers(vec![offer("o1", "h1", "", 5.0, 500)]), T1);
+    assert_eq!(launched(&calls).len(), 5);
+    assert_eq!(requests(&calls), [(Resources::new(1.0, 300, 0), Some(7))]);
+}
+
+/// A spread job offered one of two idle nodes places one instance and holds
+/// the rest for the other node; once that is offered the job is even. A
+/// node that never comes holds the job back for SPREAD_HOLD_MS at most.
+#[test]
+fn spread_job_waits_for_offers_from_other_nodes() {
+    let mut s = spec("sp", 4);
+    s.constraints = vec![Constraint::Spread {
+        attribute: "hostname".into(),
+    }];
+    let nodes = [node("h1", "", 8.0, 4000), node("h2", "", 8.0, 4000)];
+    let mut b = started(vec![entry(s.clone(), 1)], &nodes);
+    let calls = b.on_event(offers(vec![offer("o1", "h1", "", 8.0, 4000)]), T1);
+    assert_eq!(launched(&calls).len(), 1, "{calls:?}");
+    assert_eq!(b.pending("sp"), 3);
+    let calls = b.on_event(offers(vec![offer("o2", "h2", "", 8.0, 4000)]), T1 + 10);
+    assert_eq!(launched(&calls).len(), 1, "{calls:?}");
+    let calls = b.on_event(
+        offers(vec![
+            offer("o3", "h1", "", 7.0, 3900),
+            offer("o4", "h2", "", 7.0, 3900),
+        ]),
+        T1 + 20,
+    );
+    let hosts: Vec<String> = launched(&calls).into_iter().map(|(h, _)| h).collect();
+    assert_eq!(hosts, ["h1", "h2"]);
+    assert_eq!(b.pending("sp"), 0);
+
+    // h2 never offered again: after SPREAD_HOLD_MS the job takes h1.
+    let mut b = started(vec![entry(s, 1)], &nodes);
+    let calls = b.on_event(offers(vec![offer("o1", "h1", "", 8.0, 4000)]), T1);
+    assert_eq!(launched(&calls).len(), 1);
+    let calls = b.on_event(offers(vec![offer("o2", "h1", "", 7.0, 3900)]), T1 + 100);
+    assert!(launched(&calls).is_empty());
+    let calls = b.on_event(
+        offers(vec![offer("o3", "h1", "", 7.0, 3900)]),
+        T1 + SPREAD_HOLD_MS,
+    );
+    assert_eq!(launched(&calls).len(), 3);
+}
+
+/// Many offers go out in a few ACCEPTs of at most MAX_TASKS_PER_ACCEPT
+/// tasks, and the flood of RUNNING updates that follows costs little per
+/// event (no walk over every instance or node per update).
+#[test]
+fn large_jobs_launch_in_few_accepts_and_updates_are_cheap() {
+    let n_agents = 1000;
+    let per_agent = 25;
+    let total = n_agents * per_agent;
+    let nodes: Vec<NodeFit> = (0..n_agents)
+        .map(|i| node(&format!("h{i}"), "", 24.0, 65536))
+        .collect();
+    let mut b = started(vec![entry(spec("big", total), 1)], &nodes);
+    let list: Vec<Offer> = (0..n_agents)
+        .map(|i| {
+            offer(
+                &format!("o{i}"),
+                &format!("h{i}"),
+                "",
+                per_agent as f64,
+                100 * u64::from(per_agent),
+            )
+        })
+        .collect();
+    let calls = b.on_event(offers(list), T1);
+    let accepts = kinds(&calls).iter().filter(|k| **k == "ACCEPT").count();
+    assert_eq!(
+        accepts,
+        (total as usize).div_ceil(MAX_TASKS_PER_ACCEPT),
+        "{:?}",
+        kinds(&calls)
+    );
+    let tasks = launched(&calls);
+    assert_eq!(tasks.len(), total as usize);
+    let start = std::time::Instant::now();
+    for (i, (_, t)) in tasks.iter().enumerate() {
+        let ev = Event::Update {
+            status: TaskStatus {
+                task_id: t.task_id.clone(),
+                agent_id: t.agent_id.clone(),
+                state: TaskState::Running,
+                message: None,
+                reason: None,
+                exit_code: None,
+                uuid: format!("u{i}"),
+                timestamp_ms: 0,
+            },
+        };
+        let calls = b.on_event(ev, T1 + 1 + i as u64 / 100);
+        assert_eq!(kinds(&calls), ["ACKNOWLEDGE"]);
+    }
+    let took = start.elapsed();
+    eprintln!("batch: {total} RUNNING updates with {n_agents} nodes in {took:?}");
+    if !cfg!(debug_assertions) {
+        assert!(took.as_millis() < 1000, "took {took:?}");
+    }
+    assert_eq!(b.pending("big"), 0);
 }

@@ -175,6 +175,58 @@ fn two_agents_by_hand() {
     assert_eq!(got, want);
 }
 
+/// Phase 1 spreads a framework's tasks over the agents, most free first,
+/// instead of packing one agent: 4 tasks on 2 idle agents are 2 and 2 (a
+/// spread job then sees offers from both), and 100,000 small tasks on
+/// 5,000 identical agents are 20 on each.
+#[test]
+fn demands_spread_over_agents() {
+    let s = snap(
+        vec![
+            agent("n1", "cpus:8;mem:8192"),
+            agent("n2", "cpus:8;mem:8192"),
+        ],
+        vec![fw("f", "a", Some(("cpus:0.5;mem:64", Some(4))))],
+    );
+    let out = run(&s);
+    assert_eq!(on(&out, "f", "n1"), Some(r("cpus:1;mem:128")));
+    assert_eq!(on(&out, "f", "n2"), Some(r("cpus:1;mem:128")));
+
+    let agents: Vec<AgentSnapshot> = (0..5000)
+        .map(|i| agent(&format!("a{i:04}"), "cpus:24;mem:65536"))
+        .collect();
+    let s = snap(
+        agents,
+        vec![fw("f", "a", Some(("cpus:0.01;mem:1", Some(100_000))))],
+    );
+    let out = run(&s);
+    assert_eq!(out.len(), 5000);
+    assert!(out.iter().all(|a| a.resources == r("cpus:0.2;mem:20")));
+}
+
+/// Water-filling: the most free agent takes tasks until it is level with
+/// the next, then they alternate (ties by id).
+#[test]
+fn demands_fill_the_most_free_agent_first() {
+    let mut busy = agent("n1", "cpus:8;mem:8192");
+    busy.free = r("cpus:2;mem:8192");
+    let s = snap(
+        vec![busy, agent("n2", "cpus:8;mem:8192")],
+        vec![fw("f", "a", Some(("cpus:1;mem:1", Some(8))))],
+    );
+    let out = run(&s);
+    // n2 6 -> level with n1 at 2 free each, then n1, n2 alternate: 7/1.
+    assert_eq!(on(&out, "f", "n2"), Some(r("cpus:7;mem:7")));
+    assert_eq!(on(&out, "f", "n1"), Some(r("cpus:1;mem:1")));
+    assert_eq!(
+        Drf {
+            one_task_steps: true
+        }
+        .allocate(&s),
+        out
+    );
+}
+
 /// (c) Weights: role a weighs 2, b 1, identical demands -> a's dominant
 /// share is twice b's, up to one task.
 #[test]

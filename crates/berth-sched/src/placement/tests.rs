@@ -176,6 +176,81 @@ fn spread_over_hostname_with_several_offers_per_value() {
     assert_eq!(out, vec![(0, 1), (1, 2), (2, 1)]);
 }
 
+fn node(host: &str, attrs: &str, free: &str) -> NodeFit {
+    NodeFit {
+        hostname: host.into(),
+        attributes: parse_attributes(attrs).expect("test attributes"),
+        free: r(free),
+        active: true,
+    }
+}
+
+/// A spread job offered only one of two idle nodes places one task there
+/// and holds the rest for the other, instead of putting all on the first.
+#[test]
+fn place_holding_waits_for_values_without_offers() {
+    let c = [spread("hostname")];
+    let nodes = [
+        node("h1", "", "cpus:8;mem:8192"),
+        node("h2", "", "cpus:8;mem:8192"),
+    ];
+    let rq = req("cpus:1", &c, &[], 4);
+    let elsewhere = spread_values(&nodes, &rq);
+    assert_eq!(elsewhere, ["h1", "h2"].map(String::from).into());
+    let offers = [offer("h1", "", "cpus:8;mem:8192")];
+    assert_eq!(place(&offers, &rq), vec![(0, 4)]);
+    assert_eq!(place_holding(&offers, &rq, &elsewhere), vec![(0, 1)]);
+    // Then h2 is offered, with one task of the job on h1: h2 takes one to
+    // be level, then h1 (first by value) is next and has no offer: the
+    // rest wait.
+    let existing = [placed("h1", "")];
+    let rq = req("cpus:1", &c, &existing, 3);
+    let offers = [offer("h2", "", "cpus:8;mem:8192")];
+    assert_eq!(place_holding(&offers, &rq, &elsewhere), vec![(0, 1)]);
+    // Both offered: 2 and 2, as `place` does.
+    let rq = req("cpus:1", &c, &[], 4);
+    let offers = [
+        offer("h1", "", "cpus:8;mem:8192"),
+        offer("h2", "", "cpus:8;mem:8192"),
+    ];
+    assert_eq!(
+        place_holding(&offers, &rq, &elsewhere),
+        vec![(0, 2), (1, 2)]
+    );
+    // A value with no room on its node does not hold anything back.
+    let full = [
+        node("h1", "", "cpus:8;mem:8192"),
+        node("h2", "", "cpus:0.5;mem:8192"),
+    ];
+    let elsewhere = spread_values(&full, &rq);
+    assert_eq!(elsewhere, ["h1"].map(String::from).into());
+    let offers = [offer("h1", "", "cpus:8;mem:8192")];
+    assert_eq!(place_holding(&offers, &rq, &elsewhere), vec![(0, 4)]);
+    // No spread: the same as `place`.
+    let rq = req("cpus:1", &[], &[], 4);
+    assert!(spread_values(&nodes, &rq).is_empty());
+    assert_eq!(place_holding(&offers, &rq, &elsewhere), place(&offers, &rq));
+}
+
+/// Nodes that fail an `equal`, have a `unique` value in use, lack the
+/// attribute or are not active add no value to hold for.
+#[test]
+fn spread_values_honour_the_other_constraints() {
+    let c = [spread("rack"), equal("zone", "z1"), unique("hostname")];
+    let mut down = node("h5", "rack:r5;zone:z1", "cpus:4");
+    down.active = false;
+    let nodes = [
+        node("h1", "rack:r1;zone:z1", "cpus:4"),
+        node("h2", "rack:r2;zone:z2", "cpus:4"),
+        node("h3", "rack:r3;zone:z1", "cpus:4"),
+        node("h4", "zone:z1", "cpus:4"),
+        down,
+    ];
+    let existing = [placed("h3", "rack:r3;zone:z1")];
+    let rq = req("cpus:1", &c, &existing, 2);
+    assert_eq!(spread_values(&nodes, &rq), ["r1"].map(String::from).into());
+}
+
 #[test]
 fn combinations() {
     let offers = [

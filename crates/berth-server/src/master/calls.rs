@@ -8,6 +8,17 @@ use berth_api::cluster::{Call, Event, Filters, Operation, ReconcileTask, TaskInf
 use berth_sched::Demand;
 use berth_types::{Resources, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// The tasks of an ACCEPT that passed the checks, reserved and waiting to
+/// be written.
+pub(crate) struct Launch {
+    framework_id: String,
+    tasks: Vec<TaskInfo>,
+    /// Resources per agent, reserved until the write is applied.
+    used: BTreeMap<String, Resources>,
+    at_ms: u64,
+}
 
 /// Mesos's default refusal after DECLINE without filters.
 const DEFAULT_REFUSE_SECS: f64 = 5.0;
@@ -116,6 +127,48 @@ impl Master {
         operations: Vec<Operation>,
         filters: Option<Filters>,
     ) -> Result<(), MasterError> {
+        match self.accept_now(ctx, framework_id, offer_ids, operations, filters) {
+            Some(launch) => self.launch(ctx, launch).await,
+            None => {
+                // What was not used goes back to the pool.
+                self.trigger_allocation();
+                Ok(())
+            }
+        }
+    }
+
+    /// ACCEPT in two parts, for a caller that lets later calls proceed
+    /// while the launch is written: this part, done at once, checks the
+    /// stream, takes the offers, sets the filters, answers refused tasks
+    /// LOST and reserves the resources of the rest; [`Master::launch`]
+    /// writes them. `None` when nothing is left to launch.
+    pub(crate) fn accept_begin(
+        &self,
+        framework_id: &str,
+        stream_id: &str,
+        offer_ids: Vec<String>,
+        operations: Vec<Operation>,
+        filters: Option<Filters>,
+    ) -> Result<Option<(Arc<LeaderCtx>, Launch)>, MasterError> {
+        let ctx = self.ctx()?;
+        self.check_stream(&ctx, framework_id, stream_id)?;
+        match self.accept_now(&ctx, framework_id, offer_ids, operations, filters) {
+            Some(launch) => Ok(Some((ctx, launch))),
+            None => {
+                self.trigger_allocation();
+                Ok(None)
+            }
+        }
+    }
+
+    fn accept_now(
+        &self,
+        ctx: &LeaderCtx,
+        framework_id: &str,
+        offer_ids: Vec<String>,
+        operations: Vec<Operation>,
+        filters: Option<Filters>,
+    ) -> Option<Launch> {
         let at_ms = now_ms();
         // Take the offers: from here on their resources are this call's.
         let mut available: BTreeMap<String, Resources> = BTreeMap::new();
@@ -217,30 +270,42 @@ impl Master {
         if !refused.is_empty() {
             self.forward_updates(refused);
         }
-        let mut result = Ok(());
-        if !launch.is_empty() {
-            ctx.fws().reserve(framework_id, &used);
-            let r = self
-                .propose(Command::LaunchTasks {
-                    framework_id: framework_id.to_string(),
-                    tasks: launch,
-                    at_ms,
-                    uuid_prefix: random_id("u"),
-                })
-                .await;
-            ctx.fws().unreserve(framework_id, &used);
-            match r {
-                Ok(res) => {
-                    if let Some(e) = res.error {
-                        result = Err(MasterError::BadRequest(e));
-                    }
-                }
-                Err(e) => result = Err(e),
-            }
+        if launch.is_empty() {
+            return None;
         }
+        ctx.fws().reserve(framework_id, &used);
+        Some(Launch {
+            framework_id: framework_id.to_string(),
+            tasks: launch,
+            used,
+            at_ms,
+        })
+    }
+
+    /// Writes the tasks of an accepted launch and releases their
+    /// reservation (they are then counted as the node's used resources).
+    pub(crate) async fn launch(&self, ctx: &LeaderCtx, l: Launch) -> Result<(), MasterError> {
+        let started = std::time::Instant::now();
+        let n = l.tasks.len();
+        let r = self
+            .propose(Command::LaunchTasks {
+                framework_id: l.framework_id.clone(),
+                tasks: l.tasks,
+                at_ms: l.at_ms,
+                uuid_prefix: random_id("u"),
+            })
+            .await;
+        ctx.fws().unreserve(&l.framework_id, &l.used);
+        tracing::debug!(framework = %l.framework_id, tasks = n, took_ms = started.elapsed().as_millis() as u64, "launch committed");
         // What was not used goes back to the pool.
         self.trigger_allocation();
-        result
+        match r {
+            Ok(res) => match res.error {
+                Some(e) => Err(MasterError::BadRequest(e)),
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     fn decline(
