@@ -426,7 +426,10 @@ pub fn spawn_container(
         // The child may have failed (and closed the sync pipe: EPIPE) before
         // we signalled it, e.g. an unknown USER: its own report says why.
         // Only then is reading the report safe: a live child would block it.
-        let child_gone = matches!(&e, RuntimeError::Sys { source, .. } if source.raw_os_error() == Some(libc::EPIPE));
+        // It may also have exited before we opened its network namespace:
+        // then it is a zombie until we reap it.
+        let child_gone = matches!(&e, RuntimeError::Sys { source, .. } if source.raw_os_error() == Some(libc::EPIPE))
+            || is_zombie(pid);
         if child_gone {
             if let Err(report) = await_exec(
                 report_r,
@@ -455,4 +458,15 @@ pub fn spawn_container(
             _mount_ns: mount_ns,
         },
     })
+}
+
+/// Whether `pid` (our child) has exited and waits to be reaped.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "Z"))
+        })
+        .unwrap_or(false)
 }
