@@ -204,13 +204,17 @@ impl Lab {
     /// labs may pick the same subnet at once, so after assigning, a second
     /// look checks no other interface holds it, and backs out if one does.
     fn claim_subnet(&self) -> io::Result<[u8; 2]> {
+        // Why the last attempt failed, for the error if all of them do.
+        let mut last = String::from("every subnet tried was in use");
         for _ in 0..100 {
             let net = [150 + rand::random::<u8>() % 50, rand::random::<u8>()];
             if used_ipv4().iter().any(|a| in_subnet(a, net)) {
                 continue;
             }
             let cidr = format!("10.{}.{}.254/24", net[0], net[1]);
-            if ip(&["addr", "add", &cidr, "dev", &self.bridge]).is_err() {
+            if let Err(e) = ip(&["addr", "add", &cidr, "dev", &self.bridge]) {
+                last = e.to_string();
+                std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 50));
                 continue;
             }
             let others = ip_stdout(&["-4", "-o", "addr", "show"])?
@@ -228,9 +232,10 @@ impl Lab {
             let _ = ip(&["addr", "del", &cidr, "dev", &self.bridge]);
             std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 50));
         }
-        Err(io::Error::other(
-            "no free 10.150-199.x.0/24 subnet for a lab",
-        ))
+        Err(io::Error::other(format!(
+            "no free 10.150-199.x.0/24 subnet for a lab on {}: {last}",
+            self.bridge
+        )))
     }
 
     pub fn bridge_ip(&self) -> Ipv4Addr {
