@@ -772,20 +772,13 @@ fn resolve_manifest(
         }
         let index: ImageIndex =
             serde_json::from_slice(&bytes).map_err(|e| bad(&url, "index", e.to_string()))?;
-        let (os, arch) = (Os::default(), Arch::default());
-        let chosen = index
-            .manifests()
-            .iter()
-            .find(|d| {
-                d.platform()
-                    .as_ref()
-                    .is_some_and(|p| *p.os() == os && *p.architecture() == arch)
-            })
-            .or_else(|| {
-                let none_says = index.manifests().iter().all(|d| d.platform().is_none());
-                index.manifests().first().filter(|_| none_says)
-            })
-            .ok_or_else(|| bad(&url, "index", format!("no manifest for {os}/{arch}")))?;
+        let chosen = crate::archive::host_manifest(&index).ok_or_else(|| {
+            bad(
+                &url,
+                "index",
+                format!("no manifest for {}/{}", Os::default(), Arch::default()),
+            )
+        })?;
         reference = chosen.digest().to_string();
     }
     Err(bad(

@@ -200,8 +200,21 @@ fn resolve_manifest(
         return Err(bad(&format!("unsupported media type {media}")));
     }
     let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| bad(&e))?;
+    let chosen = host_manifest(&index).ok_or_else(|| {
+        bad(&format!(
+            "no manifest for {}/{}",
+            Os::default(),
+            Arch::default()
+        ))
+    })?;
+    resolve_manifest(src, chosen, depth + 1)
+}
+
+/// The entry of an image index for this host's platform, or its first
+/// entry when no entry names a platform at all.
+pub(crate) fn host_manifest(index: &ImageIndex) -> Option<&Descriptor> {
     let (os, arch) = (Os::default(), Arch::default());
-    let chosen = index
+    index
         .manifests()
         .iter()
         .find(|d| {
@@ -213,8 +226,6 @@ fn resolve_manifest(
             let all_unplatformed = index.manifests().iter().all(|d| d.platform().is_none());
             index.manifests().first().filter(|_| all_unplatformed)
         })
-        .ok_or_else(|| bad(&format!("no manifest for {os}/{arch}")))?;
-    resolve_manifest(src, chosen, depth + 1)
 }
 
 fn blob_path(src: &dyn MetaSource, desc: &Descriptor) -> Result<String, ImageError> {

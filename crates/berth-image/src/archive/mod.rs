@@ -21,6 +21,8 @@ use crate::error::{ImageError, IoContext};
 
 mod compress;
 mod manifest;
+
+pub(crate) use manifest::host_manifest;
 mod save;
 mod source;
 
