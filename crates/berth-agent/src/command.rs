@@ -231,11 +231,13 @@ impl Inner {
             sb.killed().as_ref(),
             rec.task.resources.mem,
         );
+        // Forget it before reporting: whoever sees the terminal state must
+        // not find the task still killable here.
+        self.lock().remove(task_id);
         self.report(ev.clone());
         if let Err(e) = sb.mark_reported(&ev) {
             tracing::warn!(task = %task_id, error = %e, "recording the report");
         }
-        self.lock().remove(task_id);
         tracing::info!(
             task = %task_id,
             state = %ev.state,
@@ -264,8 +266,8 @@ async fn launch_task(inner: Arc<Inner>, task: TaskInfo, kill: watch::Receiver<Op
     if let Some(ev) = sb.reported_event(&task_id) {
         // It ran here before and ended: a task id never runs twice.
         tracing::info!(task = %task_id, state = %ev.state, "task already ended here; reporting its end again");
-        inner.report(ev);
         inner.lock().remove(&task_id);
+        inner.report(ev);
         return;
     }
     if let Err(e) = sb.create(&rec) {
