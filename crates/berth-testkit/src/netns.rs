@@ -134,13 +134,19 @@ fn sweep_stale() {
     };
     for entry in dir.flatten() {
         let tag = entry.file_name().to_string_lossy().into_owned();
-        let pid = fs::read_to_string(entry.path()).unwrap_or_default();
-        let alive = pid
-            .trim()
-            .parse::<u32>()
-            .map(|p| Path::new(&format!("/proc/{p}")).exists())
-            .unwrap_or(false);
-        if alive {
+        // Markers being written are dot files (renamed into place), and a
+        // marker without a readable pid is not judged stale: another test
+        // thread may be creating its lab right now.
+        if tag.starts_with('.') {
+            continue;
+        }
+        let Some(pid) = fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
         for ns in netns_list() {
@@ -179,7 +185,9 @@ impl Lab {
         let tag = random_tag();
         fs::create_dir_all(MARKER_DIR)?;
         let marker = Path::new(MARKER_DIR).join(&tag);
-        fs::write(&marker, std::process::id().to_string())?;
+        let partial = Path::new(MARKER_DIR).join(format!(".{tag}"));
+        fs::write(&partial, std::process::id().to_string())?;
+        fs::rename(&partial, &marker)?;
         // From here on Drop undoes whatever was made.
         let mut lab = Lab {
             bridge: format!("bl{tag}"),
