@@ -1,0 +1,17 @@
+//! The message model: vhosts holding exchanges, bindings and queues; routing;
+//! queues with their arguments and policies; consumers and dispatch. Synchronous
+//! and socket-free: the protocol layer calls in, and queues call out only through
+//! [`crate::types::ConsumerSink`], [`crate::types::MessageLog`] and [`crate::types::MetaLog`].
+//!
+//! Lock order: vhost topology lock, then one queue's lock, then (leaf) sink
+//! internals. A queue never takes the topology lock while holding its own lock
+//! (dead-lettering collects messages and routes them after unlocking).
+
+pub mod exchange;
+pub mod policy;
+pub mod queue;
+pub mod vhost;
+
+pub use exchange::{ExchangeDecl, ExchangeKind};
+pub use queue::{ConsumerSpec, GetResult, Queue, QueueDecl, QueueStats};
+pub use vhost::{BindingInfo, ExchangeInfo, PublishOutcome, Vhost};

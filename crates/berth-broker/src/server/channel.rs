@@ -1,0 +1,1 @@
+//! One AMQP channel: consumers, unacked deliveries, confirms, transactions.

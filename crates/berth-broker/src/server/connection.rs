@@ -1,0 +1,1 @@
+//! The connection state machine (sans-I/O): handshake, heartbeats, channels.

@@ -1,0 +1,1 @@
+//! Accept loops and the per-connection tokio task (plain TCP and TLS).

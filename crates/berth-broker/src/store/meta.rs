@@ -1,0 +1,1 @@
+//! Metadata log and snapshot.

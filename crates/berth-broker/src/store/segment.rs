@@ -1,0 +1,1 @@
+//! Message segment files: record format, writer thread, replay.
