@@ -12,3 +12,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# pika for the broker tests (crates/berth/tests/broker), into whichever python3 is on PATH.
+if ! python3 -c 'import pika, sys; sys.exit(pika.__version__ != "1.3.2")' 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --break-system-packages pika==1.3.2 >/dev/null
+fi

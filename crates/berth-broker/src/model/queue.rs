@@ -84,14 +84,15 @@ impl Queue {
         todo!("model helper")
     }
 
-    /// basic.get.
-    pub fn get(&self, now_ms: u64) -> GetResult {
-        let _ = now_ms;
+    /// basic.get. With `no_ack` the message leaves the queue at once; otherwise the
+    /// channel tracks it and later calls `ack`, `requeue` or `reject`.
+    pub fn get(&self, no_ack: bool, now_ms: u64) -> GetResult {
+        let _ = (no_ack, now_ms);
         todo!("model helper")
     }
 
-    /// The messages were acked (or delivered with no-ack and written): they leave
-    /// the queue for good.
+    /// Unacked deliveries were acked: they leave the queue for good. (Deliveries
+    /// to no-ack consumers leave at dispatch; the channel never acks those.)
     pub fn ack(&self, ids: &[MessageId]) {
         let _ = ids;
         todo!("model helper")
