@@ -1,6 +1,14 @@
 //! Read models for listings: `berth broker queues|exchanges|...`, the management
 //! API and metrics share these.
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
 use serde::Serialize;
+
+use crate::definitions::{PermissionDef, PolicyDef, UserDef};
+use crate::model::{BindingInfo, ExchangeInfo};
+use crate::server::registry::{ChannelInfo, ConnectionInfo};
+use crate::Broker;
 
 /// One queue row.
 #[derive(Debug, Clone, Serialize)]
@@ -41,12 +49,310 @@ pub struct Overview {
     pub alarms: Vec<String>,
 }
 
-pub fn queues(broker: &crate::Broker, vhost: Option<&str>) -> Vec<QueueInfo> {
-    let _ = (broker, vhost);
-    todo!("mgmt helper")
+/// An exchange row with its vhost (the model's row does not carry it).
+#[derive(Debug, Clone, Serialize)]
+pub struct ExchangeRow {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub exchange: ExchangeInfo,
 }
 
-pub fn overview(broker: &crate::Broker) -> Overview {
-    let _ = broker;
-    todo!("mgmt helper")
+/// A binding row with its vhost.
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingRow {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub binding: BindingInfo,
+}
+
+/// A vhost row with its message totals.
+#[derive(Debug, Clone, Serialize)]
+pub struct VhostInfo {
+    pub name: String,
+    pub queues: u64,
+    pub messages: u64,
+    pub messages_ready: u64,
+    pub messages_unacknowledged: u64,
+}
+
+/// Publish and deliver rates, computed from the last two samples of the
+/// queues' monotonic counters. The management server samples once a second.
+#[derive(Debug, Default)]
+pub struct Rates {
+    samples: Mutex<(Option<Sample>, Option<Sample>)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    at_ms: u64,
+    /// (vhost, queue) -> (published_total, delivered_total)
+    queues: HashMap<(String, String), (u64, u64)>,
+}
+
+impl Rates {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the counters of every queue now.
+    pub fn sample(&self, broker: &Broker) {
+        self.record(broker, crate::types::now_ms());
+    }
+
+    fn record(&self, broker: &Broker, now_ms: u64) {
+        let mut queues = HashMap::new();
+        for vhost in broker.vhosts() {
+            for q in vhost.queues() {
+                let s = q.stats();
+                queues.insert(
+                    (q.vhost.to_string(), q.name.to_string()),
+                    (s.published_total, s.delivered_total),
+                );
+            }
+        }
+        let mut samples = self.samples.lock();
+        let last = samples.1.take();
+        *samples = (last, Some(Sample { at_ms: now_ms, queues }));
+    }
+
+    /// Messages per second (published, delivered) into/out of one queue.
+    pub fn queue(&self, vhost: &str, queue: &str) -> (f64, f64) {
+        let samples = self.samples.lock();
+        let (Some(a), Some(b)) = (&samples.0, &samples.1) else {
+            return (0.0, 0.0);
+        };
+        let key = (vhost.to_string(), queue.to_string());
+        match (a.queues.get(&key), b.queues.get(&key)) {
+            (Some(x), Some(y)) => per_second(*x, *y, a.at_ms, b.at_ms),
+            _ => (0.0, 0.0),
+        }
+    }
+
+    /// Broker-wide (published, delivered) per second: the sum over queues
+    /// present in both samples.
+    pub fn totals(&self) -> (f64, f64) {
+        let samples = self.samples.lock();
+        let (Some(a), Some(b)) = (&samples.0, &samples.1) else {
+            return (0.0, 0.0);
+        };
+        let mut sum = (0.0, 0.0);
+        for (key, y) in &b.queues {
+            if let Some(x) = a.queues.get(key) {
+                let (p, d) = per_second(*x, *y, a.at_ms, b.at_ms);
+                sum.0 += p;
+                sum.1 += d;
+            }
+        }
+        sum
+    }
+}
+
+fn per_second(x: (u64, u64), y: (u64, u64), t0: u64, t1: u64) -> (f64, f64) {
+    if t1 <= t0 {
+        return (0.0, 0.0);
+    }
+    let secs = (t1 - t0) as f64 / 1000.0;
+    (
+        y.0.saturating_sub(x.0) as f64 / secs,
+        y.1.saturating_sub(x.1) as f64 / secs,
+    )
+}
+
+/// Records a rate sample (the management server calls this every second).
+pub fn sample(broker: &Broker, rates: &Rates) {
+    rates.sample(broker);
+}
+
+/// Queues of one vhost (or all), without rates.
+pub fn queues(broker: &Broker, vhost: Option<&str>) -> Vec<QueueInfo> {
+    queues_with_rates(broker, vhost, None)
+}
+
+/// Queues of one vhost (or all), with rates from `rates` when given.
+pub fn queues_with_rates(broker: &Broker, vhost: Option<&str>, rates: Option<&Rates>) -> Vec<QueueInfo> {
+    let mut out = Vec::new();
+    for v in selected_vhosts(broker, vhost) {
+        for q in v.queues() {
+            out.push(queue_info(&q, rates));
+        }
+    }
+    out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+    out
+}
+
+/// One queue's row.
+pub fn queue_info(q: &crate::model::Queue, rates: Option<&Rates>) -> QueueInfo {
+    let s = q.stats();
+    let (publish_rate, deliver_rate) = rates.map(|r| r.queue(&q.vhost, &q.name)).unwrap_or((0.0, 0.0));
+    QueueInfo {
+        name: q.name.to_string(),
+        vhost: q.vhost.to_string(),
+        durable: q.durable,
+        auto_delete: q.auto_delete,
+        exclusive: q.exclusive_owner.is_some(),
+        arguments: crate::definitions::field_table_to_json(&q.arguments),
+        messages: s.messages_ready + s.messages_unacked,
+        messages_ready: s.messages_ready,
+        messages_unacknowledged: s.messages_unacked,
+        message_bytes: s.message_bytes,
+        consumers: s.consumers,
+        publish_rate,
+        deliver_rate,
+    }
+}
+
+/// Vhosts named `vhost` (none if it does not exist) or all.
+fn selected_vhosts(broker: &Broker, vhost: Option<&str>) -> Vec<std::sync::Arc<crate::model::Vhost>> {
+    match vhost {
+        Some(name) => broker.vhost(name).into_iter().collect(),
+        None => broker.vhosts(),
+    }
+}
+
+pub fn exchanges(broker: &Broker, vhost: Option<&str>) -> Vec<ExchangeRow> {
+    let mut out = Vec::new();
+    for v in selected_vhosts(broker, vhost) {
+        for e in v.exchanges() {
+            out.push(ExchangeRow { vhost: v.name.to_string(), exchange: e });
+        }
+    }
+    out.sort_by(|a, b| (&a.vhost, &a.exchange.name).cmp(&(&b.vhost, &b.exchange.name)));
+    out
+}
+
+pub fn bindings(broker: &Broker, vhost: Option<&str>) -> Vec<BindingRow> {
+    let mut out = Vec::new();
+    for v in selected_vhosts(broker, vhost) {
+        for b in v.bindings() {
+            out.push(BindingRow { vhost: v.name.to_string(), binding: b });
+        }
+    }
+    out
+}
+
+pub fn connections(broker: &Broker, vhost: Option<&str>) -> Vec<ConnectionInfo> {
+    let mut out: Vec<ConnectionInfo> =
+        broker.registry.connections().into_iter().filter(|c| vhost.is_none_or(|v| c.vhost == v)).collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+pub fn channels(broker: &Broker, vhost: Option<&str>) -> Vec<ChannelInfo> {
+    let mut out: Vec<ChannelInfo> =
+        broker.registry.channels().into_iter().filter(|c| vhost.is_none_or(|v| c.vhost == v)).collect();
+    out.sort_by(|a, b| (&a.connection, a.number).cmp(&(&b.connection, b.number)));
+    out
+}
+
+pub fn users(broker: &Broker) -> Vec<UserDef> {
+    let mut out = broker.users.list();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+pub fn vhosts(broker: &Broker) -> Vec<VhostInfo> {
+    broker
+        .vhosts()
+        .into_iter()
+        .map(|v| {
+            let mut info = VhostInfo {
+                name: v.name.to_string(),
+                queues: 0,
+                messages: 0,
+                messages_ready: 0,
+                messages_unacknowledged: 0,
+            };
+            for q in v.queues() {
+                let s = q.stats();
+                info.queues += 1;
+                info.messages_ready += s.messages_ready;
+                info.messages_unacknowledged += s.messages_unacked;
+            }
+            info.messages = info.messages_ready + info.messages_unacknowledged;
+            info
+        })
+        .collect()
+}
+
+pub fn permissions(broker: &Broker, vhost: Option<&str>) -> Vec<PermissionDef> {
+    let mut out: Vec<PermissionDef> =
+        broker.users.permissions().into_iter().filter(|p| vhost.is_none_or(|v| p.vhost == v)).collect();
+    out.sort_by(|a, b| (&a.vhost, &a.user).cmp(&(&b.vhost, &b.user)));
+    out
+}
+
+pub fn policies(broker: &Broker, vhost: Option<&str>) -> Vec<PolicyDef> {
+    let mut out = Vec::new();
+    for v in selected_vhosts(broker, vhost) {
+        out.extend(v.policies());
+    }
+    out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+    out
+}
+
+pub fn overview(broker: &Broker) -> Overview {
+    let (connections, channels, consumers) = broker.registry.totals();
+    let (memory_used, memory_limit, disk_free, disk_free_limit) = broker.flow.readings();
+    let mut o = Overview {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_ms: crate::types::now_ms().saturating_sub(broker.started_at_ms),
+        connections,
+        channels,
+        consumers,
+        queues: 0,
+        exchanges: 0,
+        messages: 0,
+        messages_ready: 0,
+        messages_unacknowledged: 0,
+        memory_used,
+        memory_limit,
+        disk_free,
+        disk_free_limit,
+        alarms: broker.flow.alarm().into_iter().map(String::from).collect(),
+    };
+    for v in broker.vhosts() {
+        o.exchanges += v.exchanges().len() as u64;
+        for q in v.queues() {
+            let s = q.stats();
+            o.queues += 1;
+            o.messages_ready += s.messages_ready;
+            o.messages_unacknowledged += s.messages_unacked;
+        }
+    }
+    o.messages = o.messages_ready + o.messages_unacknowledged;
+    o
+}
+
+/// Totals of the queues' monotonic counters: (published, delivered). Queues
+/// that were deleted take their counts with them.
+pub fn message_totals(broker: &Broker) -> (u64, u64) {
+    let mut t = (0, 0);
+    for v in broker.vhosts() {
+        for q in v.queues() {
+            let s = q.stats();
+            t.0 += s.published_total;
+            t.1 += s.delivered_total;
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_from_two_samples() {
+        assert_eq!(per_second((10, 5), (30, 15), 1_000, 3_000), (10.0, 5.0));
+        // Counters that went backwards (queue re-created) give 0, not a huge number.
+        assert_eq!(per_second((30, 15), (10, 5), 1_000, 2_000), (0.0, 0.0));
+        assert_eq!(per_second((0, 0), (10, 5), 1_000, 1_000), (0.0, 0.0));
+    }
+
+    #[test]
+    fn rates_empty_before_two_samples() {
+        let r = Rates::new();
+        assert_eq!(r.queue("/", "q"), (0.0, 0.0));
+        assert_eq!(r.totals(), (0.0, 0.0));
+    }
 }

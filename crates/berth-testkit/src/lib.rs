@@ -120,6 +120,7 @@ impl Daemon {
             .arg(&self.socket)
             .args(["--bridge", &self.bridge, "--bridge-cidr", &self.cidr])
             .arg("--no-cluster")
+            .arg("--no-broker")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -481,6 +481,7 @@ struct Up {
     bridge: String,
     cidr: String,
     port: u16,
+    broker_port: u16,
     proc: Option<Proc>,
     token: String,
 }
@@ -502,6 +503,7 @@ impl Up {
             bridge: format!("bc{t}"),
             cidr: format!("10.{}.{}.1/24", 100 + (t % 50), n),
             port: berth_testkit::free_port(),
+            broker_port: berth_testkit::free_port(),
             proc: None,
             token: String::new(),
             dir,
@@ -513,7 +515,12 @@ impl Up {
             .arg("--socket")
             .arg(&up.socket)
             .args(["--bridge", &up.bridge, "--bridge-cidr", &up.cidr])
-            .args(["--cluster-listen", &format!("127.0.0.1:{}", up.port)]);
+            .args(["--cluster-listen", &format!("127.0.0.1:{}", up.port)])
+            .args(["--broker-listen", &format!("127.0.0.1:{}", up.broker_port)])
+            .args([
+                "--broker-management",
+                &format!("127.0.0.1:{}", berth_testkit::free_port()),
+            ]);
         quiet_env(&mut cmd);
         up.proc = Some(Proc::spawn(
             "berth up",
@@ -677,6 +684,15 @@ fn berth_up_runs_command_and_container_jobs() {
     assert_eq!(t["state"], "FINISHED", "{t}");
     let jobs = as_vec(up.cluster_json(&["job", "ls"]));
     assert!(jobs.iter().all(|j| j["status"] == "finished"), "{jobs:#?}");
+
+    // The embedded broker answers an AMQP 0-9-1 header with connection.start
+    // (a method frame on channel 0: class 10, method 10).
+    let mut amqp = std::net::TcpStream::connect(("127.0.0.1", up.broker_port)).expect("broker port");
+    amqp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    std::io::Write::write_all(&mut amqp, b"AMQP\x00\x00\x09\x01").expect("header");
+    let mut head = [0u8; 11];
+    std::io::Read::read_exact(&mut amqp, &mut head).expect("connection.start");
+    assert_eq!((head[0], &head[7..11]), (1, &[0u8, 10, 0, 10][..]), "{head:?}");
 }
 
 /// The paper's example with role b's job submitted a moment after role

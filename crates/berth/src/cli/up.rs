@@ -1,6 +1,7 @@
 //! `berth up`: the node daemon in the foreground, and with it a one-server
-//! cluster and a local agent in the same process, so `berth job run` works
-//! on a single machine with nothing else to install.
+//! cluster, a local agent and the message broker in the same process, so
+//! `berth job run` and AMQP clients work on a single machine with nothing
+//! else to install.
 
 use anyhow::Context;
 use clap::Args;
@@ -32,6 +33,15 @@ pub struct UpArgs {
     /// Attributes of the local agent, e.g. 'rack:1-1;os:linux'
     #[arg(long, default_value = "")]
     pub attributes: String,
+    /// Address of the embedded AMQP broker
+    #[arg(long, default_value = "127.0.0.1:5672")]
+    pub broker_listen: std::net::SocketAddr,
+    /// Address of the broker's management API and /metrics
+    #[arg(long, default_value = "127.0.0.1:15672")]
+    pub broker_management: std::net::SocketAddr,
+    /// Do not run the message broker
+    #[arg(long)]
+    pub no_broker: bool,
 }
 
 pub fn run(args: UpArgs, socket: PathBuf) -> anyhow::Result<i32> {
@@ -69,7 +79,32 @@ pub fn run(args: UpArgs, socket: PathBuf) -> anyhow::Result<i32> {
             &args.attributes,
         )?)
     };
-    rt.block_on(crate::daemon::serve(cfg, socket, cluster))?;
+    let broker = (!args.no_broker).then(|| {
+        let config = berth_broker::BrokerConfig {
+            listen: Some(args.broker_listen),
+            management: Some(args.broker_management),
+            data_dir: Some(cfg.data_dir.join("broker")),
+            ..berth_broker::BrokerConfig::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // The broker failing (say, its port is taken) must not take the
+        // node daemon down with it: it logs and the rest keeps running.
+        let task = rt.spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = berth_broker::broker::run(config, shutdown).await {
+                tracing::error!("broker: {e:#}");
+            }
+        });
+        (stop, task)
+    });
+    let served = rt.block_on(crate::daemon::serve(cfg, socket, cluster));
+    if let Some((stop, task)) = broker {
+        let _ = stop.send(());
+        let _ = rt.block_on(task);
+    }
+    served?;
     Ok(0)
 }
 
