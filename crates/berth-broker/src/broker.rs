@@ -206,9 +206,9 @@ impl Broker {
 
     /// Adds or updates a user from a definition (hash given).
     pub fn put_user_def(&self, def: UserDef) -> Result<(), BrokerError> {
-        if def.name.is_empty() {
-            return Err(BrokerError::Invalid("user name must not be empty".to_string()));
-        }
+        // Validate before logging: a logged entry that cannot be applied would
+        // stop the next start's replay.
+        let def = crate::auth::validate_user(def)?;
         self.meta.append(&MetaOp::PutUser(def.clone()))?;
         self.users.put(def)?;
         Ok(())
@@ -366,7 +366,7 @@ async fn housekeeping(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receive
             _ = stop.changed() => return,
         }
         broker.tick();
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             broker.flow.measure(&data_dir);
         }
         n += 1;

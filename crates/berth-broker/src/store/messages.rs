@@ -1,0 +1,811 @@
+//! The message store's shared state (pending records, index, segment
+//! liveness), the writer thread (group commit, reclaiming, compaction) and
+//! replay at startup.
+//!
+//! Crash safety:
+//! - Records reach disk in the order they were queued (one lock assigns both
+//!   the ticket and the place in the pending buffer). A segment is fdatasynced
+//!   before the next one gets any data, so a torn record can only be at the
+//!   end of the last segment, which replay truncates.
+//! - A segment is deleted when it holds no live (message, queue) reference and
+//!   every older segment holding messages its remove records removed is gone
+//!   already (`SegInfo::deps`); otherwise a removed message could come back
+//!   at replay. Deletions happen after the batch queued before them is synced,
+//!   one at a time in order with a directory fsync each.
+//! - Compaction copies a sparse segment's live publishes (same ids, only the
+//!   queues still holding them) into the current segment; the old file is then
+//!   deleted by the rule above, after the copies are synced. Replay treats a
+//!   second publish of an id into a queue as the same message, and recovery
+//!   orders each queue by message id, so the copy keeps its place.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_amqp::BasicProperties;
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+
+use super::segment::{self, Record};
+use super::{RecoveredMessage, StoreError, StoreOptions};
+use crate::types::{Message, MessageId};
+
+/// Publishers block while this many bytes wait for the writer (backpressure).
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// Compact a non-current segment when fewer than 1/COMPACT_RATIO of its
+/// message references are live.
+const COMPACT_RATIO: u64 = 4;
+
+use berth_amqp::codec::{decode_properties, encode_properties};
+
+/// Liveness of one segment.
+#[derive(Debug, Default)]
+struct SegInfo {
+    /// (message, queue) references whose newest publish record is here.
+    live: u64,
+    /// References ever published here (for the compaction ratio).
+    total: u64,
+    /// Older segments holding messages that remove records here removed. Those
+    /// records are needed (else the messages would come back at replay) until
+    /// every segment listed here is deleted.
+    deps: BTreeSet<u64>,
+}
+
+/// Records waiting for the writer, for one segment.
+struct Chunk {
+    seg: u64,
+    buf: Vec<u8>,
+}
+
+/// Everything publishers and the writer share, under one lock.
+pub(super) struct State {
+    chunks: Vec<Chunk>,
+    pending_bytes: usize,
+    /// The last ticket handed out.
+    ticket: u64,
+    /// The segment new records go to, and its size including pending records.
+    cur_seg: u64,
+    cur_bytes: u64,
+    segments: BTreeMap<u64, SegInfo>,
+    /// vhost → queue → message id → segment of its newest publish record.
+    queues: HashMap<String, HashMap<String, HashMap<MessageId, u64>>>,
+    /// Segments to unlink once the pending records are written and synced.
+    deletes: Vec<u64>,
+    /// Some segment's live count reached zero: look for segments to delete.
+    reclaim_due: bool,
+    stop: bool,
+    /// Written buffers kept for reuse.
+    spare: Vec<Vec<u8>>,
+}
+
+impl State {
+    fn new(cur_seg: u64) -> State {
+        let mut segments = BTreeMap::new();
+        segments.insert(cur_seg, SegInfo::default());
+        State {
+            chunks: Vec::new(),
+            pending_bytes: 0,
+            ticket: 0,
+            cur_seg,
+            cur_bytes: 0,
+            segments,
+            queues: HashMap::new(),
+            deletes: Vec::new(),
+            reclaim_due: false,
+            stop: false,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Picks the segment for a record of `len` bytes (rotating when the current
+    /// one is full) and returns the buffer to append it to.
+    fn buffer_for(&mut self, len: usize, segment_bytes: u64) -> &mut Vec<u8> {
+        if self.cur_bytes > 0 && self.cur_bytes + len as u64 > segment_bytes {
+            self.cur_seg += 1;
+            self.cur_bytes = 0;
+            self.segments.insert(self.cur_seg, SegInfo::default());
+            // The old segment may already be empty.
+            self.reclaim_due = true;
+        }
+        self.cur_bytes += len as u64;
+        self.pending_bytes += len;
+        let seg = self.cur_seg;
+        if self.chunks.last().map(|c| c.seg) != Some(seg) {
+            let buf = self.spare.pop().unwrap_or_default();
+            self.chunks.push(Chunk { seg, buf });
+        }
+        let n = self.chunks.len() - 1;
+        &mut self.chunks[n].buf
+    }
+
+    fn unref(&mut self, seg: u64) {
+        if let Some(info) = self.segments.get_mut(&seg) {
+            info.live = info.live.saturating_sub(1);
+            if info.live == 0 {
+                self.reclaim_due = true;
+            }
+        }
+    }
+
+    /// Index effect of a publish record in `seg`.
+    fn apply_publish<'a>(
+        &mut self,
+        seg: u64,
+        id: MessageId,
+        vhost: &str,
+        queues: impl Iterator<Item = &'a str>,
+    ) {
+        if !self.queues.contains_key(vhost) {
+            self.queues.insert(vhost.to_string(), HashMap::new());
+        }
+        let mut added = 0;
+        let mut replaced = Vec::new();
+        if let Some(vq) = self.queues.get_mut(vhost) {
+            for q in queues {
+                if !vq.contains_key(q) {
+                    vq.insert(q.to_string(), HashMap::new());
+                }
+                let Some(map) = vq.get_mut(q) else { continue };
+                if let Some(prev) = map.insert(id, seg) {
+                    replaced.push(prev);
+                }
+                added += 1;
+            }
+        }
+        for prev in replaced {
+            self.unref(prev);
+        }
+        let info = self.segments.entry(seg).or_default();
+        info.live += added;
+        info.total += added;
+    }
+
+    /// Index effect of a remove record in `seg`; returns the ids that were live.
+    fn apply_remove(
+        &mut self,
+        seg: u64,
+        vhost: &str,
+        queue: &str,
+        ids: &[MessageId],
+    ) -> Vec<MessageId> {
+        let mut found = Vec::new();
+        let mut segs = Vec::new();
+        let mut emptied = false;
+        if let Some(map) = self.queues.get_mut(vhost).and_then(|v| v.get_mut(queue)) {
+            for id in ids {
+                if let Some(s) = map.remove(id) {
+                    found.push(*id);
+                    segs.push(s);
+                }
+            }
+            emptied = map.is_empty();
+        }
+        if emptied {
+            self.drop_queue_entry(vhost, queue);
+        }
+        self.note_removed(seg, segs);
+        found
+    }
+
+    /// Index effect of a remove-queue record in `seg`; false if nothing was live.
+    fn apply_remove_queue(&mut self, seg: u64, vhost: &str, queue: &str) -> bool {
+        let map = self.queues.get_mut(vhost).and_then(|v| v.remove(queue));
+        if self.queues.get(vhost).is_some_and(|v| v.is_empty()) {
+            self.queues.remove(vhost);
+        }
+        match map {
+            Some(map) if !map.is_empty() => {
+                self.note_removed(seg, map.into_values().collect());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn drop_queue_entry(&mut self, vhost: &str, queue: &str) {
+        if let Some(v) = self.queues.get_mut(vhost) {
+            v.remove(queue);
+            if v.is_empty() {
+                self.queues.remove(vhost);
+            }
+        }
+    }
+
+    fn note_removed(&mut self, seg: u64, segs: Vec<u64>) {
+        for s in segs {
+            self.unref(s);
+            if s != seg {
+                if let Some(info) = self.segments.get_mut(&seg) {
+                    info.deps.insert(s);
+                }
+            }
+        }
+    }
+
+    /// Schedules deletion of every non-current segment with no live message
+    /// whose remove records no longer matter.
+    fn reclaim(&mut self) {
+        if !self.reclaim_due {
+            return;
+        }
+        self.reclaim_due = false;
+        loop {
+            let doomed: Vec<u64> = self
+                .segments
+                .iter()
+                .filter(|(n, info)| {
+                    **n != self.cur_seg
+                        && info.live == 0
+                        && info.deps.iter().all(|d| !self.segments.contains_key(d))
+                })
+                .map(|(n, _)| *n)
+                .collect();
+            if doomed.is_empty() {
+                break;
+            }
+            for n in doomed {
+                self.segments.remove(&n);
+                self.deletes.push(n);
+            }
+        }
+    }
+
+    /// The oldest segment worth compacting: not current, sparse, and deletable
+    /// once its live messages are moved.
+    fn compaction_candidate(&self, tried: &BTreeSet<u64>) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(n, info)| {
+                **n < self.cur_seg
+                    && !tried.contains(*n)
+                    && info.live > 0
+                    && info.live * COMPACT_RATIO < info.total
+                    && info.deps.iter().all(|d| !self.segments.contains_key(d))
+            })
+            .map(|(n, _)| *n)
+    }
+}
+
+/// Shared between the [`super::Store`] handle and its writer thread.
+pub(super) struct Shared {
+    pub state: Mutex<State>,
+    /// Wakes the writer.
+    pub wake: Condvar,
+    /// Wakes publishers waiting for the pending buffer to drain.
+    pub drained: Condvar,
+    pub synced: tokio::sync::watch::Sender<u64>,
+    pub disk_bytes: AtomicU64,
+    /// [`MAX_PENDING_BYTES`]; lowered by tests.
+    pub max_pending: AtomicUsize,
+    pub dir: PathBuf,
+    pub options: StoreOptions,
+}
+
+impl Shared {
+    pub fn publish(&self, vhost: &str, queues: &[&str], message: &Message) -> u64 {
+        if queues.is_empty() {
+            // Nothing to keep; confirm once everything before it is durable.
+            return self.state.lock().ticket;
+        }
+        let mut props = Vec::with_capacity(32);
+        encode_properties(&message.properties, &mut props);
+        let len = segment::publish_len(
+            vhost,
+            queues.iter().copied(),
+            &message.exchange,
+            &message.routing_key,
+            &props,
+            &message.body,
+        );
+        let max_pending = self.max_pending.load(Ordering::Relaxed);
+        let mut st = self.state.lock();
+        while st.pending_bytes >= max_pending && !st.stop {
+            self.drained.wait(&mut st);
+        }
+        let seg_bytes = self.options.segment_bytes;
+        let buf = st.buffer_for(len, seg_bytes);
+        segment::encode_publish(
+            buf,
+            message.id,
+            vhost,
+            queues.iter().copied(),
+            &message.exchange,
+            &message.routing_key,
+            &props,
+            &message.body,
+        );
+        let seg = st.cur_seg;
+        st.apply_publish(seg, message.id, vhost, queues.iter().copied());
+        st.ticket += 1;
+        let ticket = st.ticket;
+        st.reclaim();
+        drop(st);
+        self.wake.notify_one();
+        ticket
+    }
+
+    pub fn remove(&self, vhost: &str, queue: &str, ids: &[MessageId]) {
+        let mut st = self.state.lock();
+        // Only ids the store holds need a record; look them up first so that the
+        // record lands in the segment the dependencies are noted for.
+        let live: Vec<MessageId> = match st.queues.get(vhost).and_then(|v| v.get(queue)) {
+            Some(map) => ids
+                .iter()
+                .copied()
+                .filter(|id| map.contains_key(id))
+                .collect(),
+            None => return,
+        };
+        if live.is_empty() {
+            return;
+        }
+        let len = segment::remove_len(vhost, queue, live.len());
+        let seg_bytes = self.options.segment_bytes;
+        segment::encode_remove(st.buffer_for(len, seg_bytes), vhost, queue, &live);
+        let seg = st.cur_seg;
+        st.apply_remove(seg, vhost, queue, &live);
+        st.reclaim();
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    pub fn remove_queue(&self, vhost: &str, queue: &str) {
+        let mut st = self.state.lock();
+        if !st.queues.get(vhost).is_some_and(|v| v.contains_key(queue)) {
+            return;
+        }
+        let len = segment::remove_queue_len(vhost, queue);
+        let seg_bytes = self.options.segment_bytes;
+        segment::encode_remove_queue(st.buffer_for(len, seg_bytes), vhost, queue);
+        let seg = st.cur_seg;
+        st.apply_remove_queue(seg, vhost, queue);
+        st.reclaim();
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Simulates a crash for tests: the writer exits without writing what is pending.
+    #[cfg(test)]
+    pub fn abandon(&self) {
+        let mut st = self.state.lock();
+        st.stop = true;
+        st.chunks.clear();
+        st.deletes.clear();
+        drop(st);
+        self.wake.notify_all();
+    }
+
+    /// Asks the writer to finish what is pending and exit.
+    pub fn stop(&self) {
+        self.state.lock().stop = true;
+        self.wake.notify_all();
+        self.drained.notify_all();
+    }
+
+    fn segment_path(&self, n: u64) -> PathBuf {
+        self.dir.join(segment::segment_name(n))
+    }
+}
+
+/// The writer thread: one write + one fdatasync per batch of pending records.
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    /// The open segment: number, file, length.
+    file: Option<(u64, File, u64)>,
+    dirty: bool,
+    /// An fsync failed: nothing written since can be trusted to be durable, so
+    /// the synced watermark stops advancing (confirms stall rather than lie).
+    failed: bool,
+    /// Segments already compacted.
+    compacted: BTreeSet<u64>,
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>) -> Writer {
+        Writer {
+            shared,
+            file: None,
+            dirty: false,
+            failed: false,
+            compacted: BTreeSet::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let (chunks, ticket, deletes, stop) = {
+                let mut st = self.shared.state.lock();
+                while st.chunks.is_empty() && st.deletes.is_empty() && !st.stop {
+                    self.shared.wake.wait(&mut st);
+                }
+                let chunks = std::mem::take(&mut st.chunks);
+                st.pending_bytes = 0;
+                (chunks, st.ticket, std::mem::take(&mut st.deletes), st.stop)
+            };
+            self.shared.drained.notify_all();
+            if chunks.is_empty() && deletes.is_empty() && stop {
+                break;
+            }
+            let mut spare = Vec::new();
+            for mut chunk in chunks {
+                segment::seal_records(&mut chunk.buf);
+                self.write(chunk.seg, &chunk.buf, stop);
+                chunk.buf.clear();
+                // Keep a few moderate buffers; let huge ones go.
+                if chunk.buf.capacity() <= 4 << 20 {
+                    spare.push(chunk.buf);
+                }
+            }
+            self.sync();
+            if !self.failed {
+                self.shared.synced.send_if_modified(|v| {
+                    if ticket > *v {
+                        *v = ticket;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            if !spare.is_empty() {
+                let mut st = self.shared.state.lock();
+                if st.spare.len() < 4 {
+                    st.spare.extend(spare.into_iter().take(4));
+                }
+            }
+            self.delete(&deletes);
+            if !stop {
+                self.compact();
+            }
+        }
+        self.sync();
+    }
+
+    fn write(&mut self, seg: u64, buf: &[u8], stopping: bool) {
+        if self.file.as_ref().map(|f| f.0) != Some(seg) {
+            // A segment is complete on disk before the next one gets data, so a
+            // torn record can only be at the end of the last segment.
+            self.sync();
+            self.file = None;
+            let path = self.shared.segment_path(seg);
+            let mut tries = 0u32;
+            loop {
+                match OpenOptions::new().create(true).append(true).open(&path) {
+                    Ok(f) => {
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        self.file = Some((seg, f, len));
+                        sync_dir(&self.shared.dir);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "cannot create message segment");
+                        tries += 1;
+                        if stopping && tries >= 3 {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            }
+        }
+        let Some((seg, file, len)) = self.file.as_mut() else {
+            return;
+        };
+        let mut tries = 0u32;
+        loop {
+            match file.write_all(buf) {
+                Ok(()) => {
+                    *len += buf.len() as u64;
+                    self.shared
+                        .disk_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    self.dirty = true;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(segment = %segment::segment_name(*seg), error = %e, "message store write failed; retrying");
+                    // Drop the partial write so that the retry does not leave a
+                    // torn record in the middle of the file.
+                    let _ = file.set_len(*len);
+                    tries += 1;
+                    if stopping && tries >= 3 {
+                        self.failed = true;
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn sync(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        if !self.shared.options.fsync {
+            return;
+        }
+        if let Some((seg, file, _)) = &self.file {
+            if let Err(e) = file.sync_data() {
+                tracing::error!(segment = %segment::segment_name(*seg), error = %e, "message store fdatasync failed; confirms stop");
+                self.failed = true;
+            }
+        }
+    }
+
+    fn delete(&mut self, segs: &[u64]) {
+        for n in segs {
+            if self.file.as_ref().map(|f| f.0) == Some(*n) {
+                self.file = None;
+            }
+            let path = self.shared.segment_path(*n);
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    self.shared.disk_bytes.fetch_sub(
+                        size.min(self.shared.disk_bytes.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                    tracing::debug!(path = %path.display(), "deleted message segment");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete message segment")
+                }
+            }
+            // One at a time in order: a later segment's removes must never
+            // outlive an earlier segment's publishes on disk.
+            sync_dir(&self.shared.dir);
+        }
+    }
+
+    /// Moves the live messages of one sparse old segment into the current one;
+    /// the old file is then deleted by the normal reclaiming, after the copies
+    /// are synced.
+    fn compact(&mut self) {
+        let candidate = self
+            .shared
+            .state
+            .lock()
+            .compaction_candidate(&self.compacted);
+        let Some(n) = candidate else { return };
+        // Once per segment: if something keeps it alive anyway, do not loop.
+        self.compacted.insert(n);
+        let path = self.shared.segment_path(n);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read segment for compaction");
+                return;
+            }
+        };
+        let (records, bad) = segment::scan(&data);
+        if let Some(bad) = bad {
+            tracing::warn!(path = %path.display(), offset = bad.offset, reason = %bad.reason, "skipping compaction of unreadable segment");
+            return;
+        }
+        let mut st = self.shared.state.lock();
+        if !st.segments.contains_key(&n) {
+            return;
+        }
+        let seg_bytes = self.shared.options.segment_bytes;
+        let mut moved = 0u64;
+        for raw in &records {
+            let Ok(Record::Publish {
+                id,
+                vhost,
+                queues,
+                exchange,
+                routing_key,
+                properties,
+                body,
+            }) = segment::decode(raw.kind, raw.payload)
+            else {
+                continue;
+            };
+            let keep: Vec<&str> = match st.queues.get(vhost) {
+                Some(v) => queues
+                    .iter()
+                    .copied()
+                    .filter(|q| v.get(*q).and_then(|m| m.get(&id)) == Some(&n))
+                    .collect(),
+                None => continue,
+            };
+            if keep.is_empty() {
+                continue;
+            }
+            let len = segment::publish_len(
+                vhost,
+                keep.iter().copied(),
+                exchange,
+                routing_key,
+                properties,
+                body,
+            );
+            let buf = st.buffer_for(len, seg_bytes);
+            segment::encode_publish(
+                buf,
+                id,
+                vhost,
+                keep.iter().copied(),
+                exchange,
+                routing_key,
+                properties,
+                body,
+            );
+            let seg = st.cur_seg;
+            st.apply_publish(seg, id, vhost, keep.iter().copied());
+            moved += keep.len() as u64;
+        }
+        tracing::debug!(path = %path.display(), moved, "compacted message segment");
+        st.reclaim_due = true;
+        st.reclaim();
+        // Make sure the loop runs again to write the copies and delete the file.
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// What replay found.
+pub(super) struct Replayed {
+    pub state: State,
+    pub recovered: Vec<RecoveredMessage>,
+    pub max_id: u64,
+    pub disk_bytes: u64,
+}
+
+/// One publish record's message data, shared by the queues it is in.
+struct PubData {
+    exchange: String,
+    routing_key: String,
+    properties: BasicProperties,
+    body: Bytes,
+}
+
+/// Replays every segment in `dir` in order. The writer will start a new
+/// segment after the last one found.
+pub(super) fn replay(dir: &Path) -> Result<Replayed, StoreError> {
+    let io = |path: &Path, source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_segment_name)
+        {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    let last = numbers.last().copied().unwrap_or(0);
+    let mut state = State::new(last + 1);
+    // vhost → queue → id → message
+    let mut data: HashMap<String, HashMap<String, BTreeMap<MessageId, Rc<PubData>>>> =
+        HashMap::new();
+    let mut max_id = 0u64;
+    let mut disk_bytes = 0u64;
+    for &n in &numbers {
+        let path = dir.join(segment::segment_name(n));
+        let buf = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let (records, bad) = segment::scan(&buf);
+        let mut size = buf.len() as u64;
+        if let Some(bad) = bad {
+            if n == last && bad.tail {
+                tracing::warn!(path = %path.display(), offset = bad.offset, reason = %bad.reason, "truncating torn record at the end of the message log");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io(&path, e))?;
+                f.set_len(bad.offset)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| io(&path, e))?;
+                size = bad.offset;
+            } else {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: bad.offset,
+                    reason: bad.reason,
+                });
+            }
+        }
+        disk_bytes += size;
+        state.segments.entry(n).or_default();
+        for raw in records {
+            let rec =
+                segment::decode(raw.kind, raw.payload).map_err(|reason| StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: raw.offset,
+                    reason,
+                })?;
+            match rec {
+                Record::Publish {
+                    id,
+                    vhost,
+                    queues,
+                    exchange,
+                    routing_key,
+                    properties,
+                    body,
+                } => {
+                    max_id = max_id.max(id);
+                    let properties =
+                        decode_properties(properties).ok_or_else(|| StoreError::Corrupt {
+                            path: path.display().to_string(),
+                            offset: raw.offset,
+                            reason: "bad message properties".to_string(),
+                        })?;
+                    let msg = Rc::new(PubData {
+                        exchange: exchange.to_string(),
+                        routing_key: routing_key.to_string(),
+                        properties,
+                        body: Bytes::copy_from_slice(body),
+                    });
+                    let v = data.entry(vhost.to_string()).or_default();
+                    for q in &queues {
+                        v.entry(q.to_string()).or_default().insert(id, msg.clone());
+                    }
+                    state.apply_publish(n, id, vhost, queues.into_iter());
+                }
+                Record::Remove { vhost, queue, ids } => {
+                    if let Some(m) = ids.iter().max() {
+                        max_id = max_id.max(*m);
+                    }
+                    if let Some(qd) = data.get_mut(vhost).and_then(|v| v.get_mut(queue)) {
+                        for id in &ids {
+                            qd.remove(id);
+                        }
+                    }
+                    state.apply_remove(n, vhost, queue, &ids);
+                }
+                Record::RemoveQueue { vhost, queue } => {
+                    if let Some(v) = data.get_mut(vhost) {
+                        v.remove(queue);
+                    }
+                    state.apply_remove_queue(n, vhost, queue);
+                }
+            }
+        }
+    }
+    state.reclaim_due = true;
+    state.reclaim();
+    let mut recovered = Vec::new();
+    for (vhost, queues) in data {
+        for (queue, msgs) in queues {
+            // Ordered by id: publish order per publishing channel, and stable
+            // under compaction (which moves records but keeps their ids).
+            for (id, d) in msgs {
+                recovered.push(RecoveredMessage {
+                    vhost: vhost.clone(),
+                    queue: queue.clone(),
+                    message: Message {
+                        id,
+                        exchange: d.exchange.clone(),
+                        routing_key: d.routing_key.clone(),
+                        properties: d.properties.clone(),
+                        body: d.body.clone(),
+                    },
+                });
+            }
+        }
+    }
+    Ok(Replayed {
+        state,
+        recovered,
+        max_id,
+        disk_bytes,
+    })
+}
