@@ -24,6 +24,9 @@ pub struct QueueInfo {
     pub messages_unacknowledged: u64,
     pub message_bytes: u64,
     pub consumers: u64,
+    /// Monotonic counts since the queue was declared (or the broker started).
+    pub published_total: u64,
+    pub delivered_total: u64,
     /// Per second, over the last few seconds.
     pub publish_rate: f64,
     pub deliver_rate: f64,
@@ -112,7 +115,13 @@ impl Rates {
         }
         let mut samples = self.samples.lock();
         let last = samples.1.take();
-        *samples = (last, Some(Sample { at_ms: now_ms, queues }));
+        *samples = (
+            last,
+            Some(Sample {
+                at_ms: now_ms,
+                queues,
+            }),
+        );
     }
 
     /// Messages per second (published, delivered) into/out of one queue.
@@ -169,7 +178,11 @@ pub fn queues(broker: &Broker, vhost: Option<&str>) -> Vec<QueueInfo> {
 }
 
 /// Queues of one vhost (or all), with rates from `rates` when given.
-pub fn queues_with_rates(broker: &Broker, vhost: Option<&str>, rates: Option<&Rates>) -> Vec<QueueInfo> {
+pub fn queues_with_rates(
+    broker: &Broker,
+    vhost: Option<&str>,
+    rates: Option<&Rates>,
+) -> Vec<QueueInfo> {
     let mut out = Vec::new();
     for v in selected_vhosts(broker, vhost) {
         for q in v.queues() {
@@ -183,7 +196,9 @@ pub fn queues_with_rates(broker: &Broker, vhost: Option<&str>, rates: Option<&Ra
 /// One queue's row.
 pub fn queue_info(q: &crate::model::Queue, rates: Option<&Rates>) -> QueueInfo {
     let s = q.stats();
-    let (publish_rate, deliver_rate) = rates.map(|r| r.queue(&q.vhost, &q.name)).unwrap_or((0.0, 0.0));
+    let (publish_rate, deliver_rate) = rates
+        .map(|r| r.queue(&q.vhost, &q.name))
+        .unwrap_or((0.0, 0.0));
     QueueInfo {
         name: q.name.to_string(),
         vhost: q.vhost.to_string(),
@@ -196,13 +211,18 @@ pub fn queue_info(q: &crate::model::Queue, rates: Option<&Rates>) -> QueueInfo {
         messages_unacknowledged: s.messages_unacked,
         message_bytes: s.message_bytes,
         consumers: s.consumers,
+        published_total: s.published_total,
+        delivered_total: s.delivered_total,
         publish_rate,
         deliver_rate,
     }
 }
 
 /// Vhosts named `vhost` (none if it does not exist) or all.
-fn selected_vhosts(broker: &Broker, vhost: Option<&str>) -> Vec<std::sync::Arc<crate::model::Vhost>> {
+fn selected_vhosts(
+    broker: &Broker,
+    vhost: Option<&str>,
+) -> Vec<std::sync::Arc<crate::model::Vhost>> {
     match vhost {
         Some(name) => broker.vhost(name).into_iter().collect(),
         None => broker.vhosts(),
@@ -213,7 +233,10 @@ pub fn exchanges(broker: &Broker, vhost: Option<&str>) -> Vec<ExchangeRow> {
     let mut out = Vec::new();
     for v in selected_vhosts(broker, vhost) {
         for e in v.exchanges() {
-            out.push(ExchangeRow { vhost: v.name.to_string(), exchange: e });
+            out.push(ExchangeRow {
+                vhost: v.name.to_string(),
+                exchange: e,
+            });
         }
     }
     out.sort_by(|a, b| (&a.vhost, &a.exchange.name).cmp(&(&b.vhost, &b.exchange.name)));
@@ -224,22 +247,33 @@ pub fn bindings(broker: &Broker, vhost: Option<&str>) -> Vec<BindingRow> {
     let mut out = Vec::new();
     for v in selected_vhosts(broker, vhost) {
         for b in v.bindings() {
-            out.push(BindingRow { vhost: v.name.to_string(), binding: b });
+            out.push(BindingRow {
+                vhost: v.name.to_string(),
+                binding: b,
+            });
         }
     }
     out
 }
 
 pub fn connections(broker: &Broker, vhost: Option<&str>) -> Vec<ConnectionInfo> {
-    let mut out: Vec<ConnectionInfo> =
-        broker.registry.connections().into_iter().filter(|c| vhost.is_none_or(|v| c.vhost == v)).collect();
+    let mut out: Vec<ConnectionInfo> = broker
+        .registry
+        .connections()
+        .into_iter()
+        .filter(|c| vhost.is_none_or(|v| c.vhost == v))
+        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
 pub fn channels(broker: &Broker, vhost: Option<&str>) -> Vec<ChannelInfo> {
-    let mut out: Vec<ChannelInfo> =
-        broker.registry.channels().into_iter().filter(|c| vhost.is_none_or(|v| c.vhost == v)).collect();
+    let mut out: Vec<ChannelInfo> = broker
+        .registry
+        .channels()
+        .into_iter()
+        .filter(|c| vhost.is_none_or(|v| c.vhost == v))
+        .collect();
     out.sort_by(|a, b| (&a.connection, a.number).cmp(&(&b.connection, b.number)));
     out
 }
@@ -275,8 +309,12 @@ pub fn vhosts(broker: &Broker) -> Vec<VhostInfo> {
 }
 
 pub fn permissions(broker: &Broker, vhost: Option<&str>) -> Vec<PermissionDef> {
-    let mut out: Vec<PermissionDef> =
-        broker.users.permissions().into_iter().filter(|p| vhost.is_none_or(|v| p.vhost == v)).collect();
+    let mut out: Vec<PermissionDef> = broker
+        .users
+        .permissions()
+        .into_iter()
+        .filter(|p| vhost.is_none_or(|v| p.vhost == v))
+        .collect();
     out.sort_by(|a, b| (&a.vhost, &a.user).cmp(&(&b.vhost, &b.user)));
     out
 }
@@ -347,6 +385,48 @@ mod tests {
         // Counters that went backwards (queue re-created) give 0, not a huge number.
         assert_eq!(per_second((30, 15), (10, 5), 1_000, 2_000), (0.0, 0.0));
         assert_eq!(per_second((0, 0), (10, 5), 1_000, 1_000), (0.0, 0.0));
+    }
+
+    #[test]
+    fn rates_follow_publishes() {
+        let broker = Broker::in_memory();
+        let vhost = broker.vhost("/").unwrap();
+        let decl = crate::model::QueueDecl {
+            name: "r".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: Default::default(),
+        };
+        vhost.declare_queue(decl, 1).unwrap();
+        let rates = Rates::new();
+        rates.record(&broker, 10_000);
+        for _ in 0..20 {
+            let m = crate::types::Message {
+                id: broker.log.next_id(),
+                exchange: String::new(),
+                routing_key: "r".into(),
+                properties: Default::default(),
+                body: bytes::Bytes::from_static(b"x"),
+            };
+            vhost.publish("", m, 10_000).unwrap();
+        }
+        rates.record(&broker, 12_000);
+        assert_eq!(rates.queue("/", "r"), (10.0, 0.0));
+        assert_eq!(rates.totals(), (10.0, 0.0));
+        let q = queues_with_rates(&broker, Some("/"), Some(&rates));
+        assert_eq!(q.len(), 1);
+        assert_eq!(
+            (q[0].messages, q[0].messages_ready, q[0].published_total),
+            (20, 20, 20)
+        );
+        assert_eq!(q[0].publish_rate, 10.0);
+        let o = overview(&broker);
+        assert_eq!((o.queues, o.messages), (1, 20));
+        assert!(o.exchanges >= 6);
+        assert_eq!(message_totals(&broker), (20, 0));
+        assert!(queues(&broker, Some("nope")).is_empty());
     }
 
     #[test]

@@ -73,10 +73,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if !matches!(
-        cli.command,
+    // Long-running roles keep SIGPIPE ignored: a closed log pipe must not kill them.
+    let serving = matches!(
+        &cli.command,
         cli::Command::Up(_) | cli::Command::Server(_) | cli::Command::Agent(_)
-    ) {
+    ) || matches!(&cli.command, cli::Command::Broker(b) if b.command.is_none());
+    if !serving {
         berth_runtime::tty::default_sigpipe();
     }
     let code = match cli::run(cli) {

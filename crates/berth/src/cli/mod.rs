@@ -1,6 +1,7 @@
 //! The command tree. Each subcommand group lives in its own module; this
 //! one declares the flags (Docker's spellings) and dispatches.
 
+pub mod broker;
 mod build;
 pub mod cluster;
 mod containers;
@@ -145,6 +146,8 @@ pub enum Command {
     /// Frameworks subscribed to the cluster
     #[command(subcommand)]
     Framework(cluster::jobs::FrameworkCommand),
+    /// Run the AMQP message broker, or list and change a running broker's objects
+    Broker(broker::BrokerArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -159,6 +162,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Up(args) => return up::run(args, cli.socket),
         Command::Server(args) => return cluster::server::run(args),
         Command::Agent(args) => return cluster::agent::run(args),
+        Command::Broker(args) => return broker::run(args),
         other => other,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -174,7 +178,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 
 async fn dispatch(c: Client, cmd: Command) -> anyhow::Result<i32> {
     match cmd {
-        Command::Up(_) | Command::Server(_) | Command::Agent(_) => {
+        Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Broker(_) => {
             unreachable!("roles are started before the runtime")
         }
         Command::Push {
