@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds berth, starts `berth up` with its embedded defaults in the
 # background, imports a busybox image and runs a web server container that
-# answers on http://localhost:8000.
+# answers on http://localhost:8000, runs a batch job on the embedded cluster
+# and a message through the embedded AMQP broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -34,4 +35,9 @@ rm -f "$job"
 for _ in $(seq 100); do berth job status hello --json | grep -q '"status": "finished"' && break; sleep 0.1; done
 berth task ls --job hello
 berth node ls
-echo "berth is up: try 'berth ps', 'berth logs web', 'berth exec web ls /www', 'berth job status hello'; the daemon logs to /var/log/berth.log"
+# The embedded AMQP broker: pika (an unchanged RabbitMQ client) publishes a
+# persistent message with a confirm and reads it back.
+for _ in $(seq 100); do berth broker queues >/dev/null 2>&1 && break; sleep 0.1; done
+python3 examples/amqp_hello.py
+berth broker queues
+echo "berth is up: try 'berth ps', 'berth logs web', 'berth exec web ls /www', 'berth job status hello', 'berth broker queues'; the daemon logs to /var/log/berth.log"

@@ -111,9 +111,11 @@ impl FrameDecoder {
             )));
         }
         if frame_type == FRAME_HEARTBEAT && channel != 0 {
-            return Err(frame_error(format!(
-                "heartbeat frame on channel {channel}, expected channel 0"
-            )));
+            // RabbitMQ: 505 unexpected-frame.
+            return Err(AmqpError::connection(
+                ReplyCode::UnexpectedFrame,
+                format!("heartbeat frame on channel {channel}, expected channel 0"),
+            ));
         }
         let total = FRAME_HEADER_LEN + size as usize + 1;
         if buf.len() < total {
@@ -226,7 +228,7 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<AMQPClass, AmqpError> {
     match parse_class(payload) {
         Ok(([], class)) => Ok(class),
         Ok((rest, _)) => Err(AmqpError::connection(
-            ReplyCode::SyntaxError,
+            ReplyCode::FrameError,
             format!(
                 "{} trailing bytes after method {class_id}.{method_id} on channel {channel}",
                 rest.len()
@@ -234,7 +236,7 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         )
         .caused_by(class_id, method_id)),
         Err(_) => Err(AmqpError::connection(
-            ReplyCode::SyntaxError,
+            ReplyCode::FrameError,
             format!(
                 "cannot decode arguments of method {class_id}.{method_id} on channel {channel}"
             ),
@@ -246,7 +248,7 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<AMQPClass, AmqpError> {
 fn decode_content_header(channel: u16, payload: &[u8]) -> Result<AMQPContentHeader, AmqpError> {
     let syntax = |what: &str| {
         AmqpError::connection(
-            ReplyCode::SyntaxError,
+            ReplyCode::FrameError,
             format!("cannot decode content header on channel {channel}: {what}"),
         )
     };

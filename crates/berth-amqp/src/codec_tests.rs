@@ -258,7 +258,7 @@ fn bad_frames() {
         ),
         (
             vec![8, 0, 1, 0, 0, 0, 0, 0xCE],
-            ReplyCode::FrameError,
+            ReplyCode::UnexpectedFrame,
             vec!["heartbeat", "channel 1"],
         ),
         (bad_end, ReplyCode::FrameError, vec!["frame end"]),
@@ -279,25 +279,25 @@ fn bad_frames() {
         ),
         (
             method_ids(50, 10, &[]),
-            ReplyCode::SyntaxError,
+            ReplyCode::FrameError,
             vec!["50.10"],
         ),
         (
             method_ids(50, 10, &[0, 0, 200, b'q']),
-            ReplyCode::SyntaxError,
+            ReplyCode::FrameError,
             vec!["50.10"],
         ),
-        (trailing, ReplyCode::SyntaxError, vec!["trailing"]),
+        (trailing, ReplyCode::FrameError, vec!["trailing"]),
         (
             vec![2, 0, 1, 0, 0, 0, 3, 0, 60, 0, 0xCE],
-            ReplyCode::SyntaxError,
+            ReplyCode::FrameError,
             vec!["content header"],
         ),
         (
             vec![
                 2, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0x80, 0, 0xCE,
             ],
-            ReplyCode::SyntaxError,
+            ReplyCode::FrameError,
             vec!["content header"],
         ),
     ];

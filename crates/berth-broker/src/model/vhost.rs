@@ -456,12 +456,6 @@ impl Vhost {
                 }
             }
         } else {
-            if decl.name.starts_with("amq.") {
-                return Err(access_refused(format!(
-                    "queue name '{}' contains reserved prefix 'amq.*'",
-                    decl.name
-                )));
-            }
             decl.name.clone()
         };
         let what = rs("queue", &name, &self.name);
@@ -495,6 +489,13 @@ impl Vhost {
             q.touch();
             let (m, c) = (q.message_count(), q.consumer_count());
             return Ok((q.clone(), m, c));
+        }
+        // The reserved prefix applies to new names only: a client may redeclare
+        // the server-named queue it got (`amq.gen-...`), as with RabbitMQ.
+        if name.starts_with("amq.") && !decl.name.is_empty() {
+            return Err(access_refused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
         }
         // Only new queues validate their arguments; a redeclare is compared
         // (RabbitMQ reports an inequivalent rather than an invalid argument).
@@ -783,6 +784,15 @@ impl Vhost {
         mut message: Message,
         now_ms: u64,
     ) -> Result<PublishOutcome, AmqpError> {
+        // RabbitMQ refuses an expiration that is not a non-negative integer.
+        if let Some(exp) = message.properties.expiration() {
+            if exp.as_str().parse::<u64>().is_err() {
+                return Err(precondition(format!(
+                    "invalid expiration '{}': no_integer",
+                    exp.as_str()
+                )));
+            }
+        }
         if message.exchange != exchange {
             // x-death and deliveries name the exchange it was published to.
             message.exchange = exchange.to_string();
