@@ -4,8 +4,13 @@
 //!   berth-bench lifecycle [-n 30]   run --rm busybox true: berth vs runc vs docker
 //!   berth-bench import [-n 5]       import a ~170 MB rootfs tarball: berth vs docker import
 //!   berth-bench placement           tasks RUNNING per second with simulated agents
+//!   berth-bench broker              AMQP broker: berth vs RabbitMQ (throughput, latency, memory)
 #![forbid(unsafe_code)]
 
+mod broker;
+mod broker_load;
+mod broker_mem;
+mod broker_peer;
 mod placement;
 
 use anyhow::{bail, Context};
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 struct Args {
     /// The berth binary (default: next to this one)
-    #[arg(long)]
+    #[arg(long, global = true)]
     berth: Option<PathBuf>,
     #[command(subcommand)]
     what: What,
@@ -50,6 +55,40 @@ enum What {
         #[arg(long, default_value_t = 5)]
         agent_timeout: u64,
     },
+    /// berth's AMQP broker against a private RabbitMQ, one after the other
+    Broker {
+        /// The broker to compare with
+        #[arg(long, value_enum, default_value = "rabbitmq")]
+        peer: broker::Peer,
+        /// Measure only the peer (while berth's broker is not usable)
+        #[arg(long)]
+        skip_berth: bool,
+        /// Measured seconds per throughput scenario
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Warm-up seconds before each measurement
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Idle connections for the memory measurement
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Empty queues for the memory measurement
+        #[arg(long, default_value_t = 10_000)]
+        queues: usize,
+        /// Run only the scenarios whose key contains this, e.g. "transient-1q"
+        #[arg(long)]
+        scenario: Option<String>,
+        #[arg(long)]
+        no_memory: bool,
+        #[arg(long)]
+        no_throughput: bool,
+        /// JSON on stdout instead of markdown tables
+        #[arg(long)]
+        json: bool,
+        /// Rounds (alternating brokers); tables show per-scenario medians
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,7 +97,8 @@ fn main() -> anyhow::Result<()> {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("berth"),
     };
-    if !berth.exists() {
+    // The broker bench checks for berth itself: it can run without it.
+    if !berth.exists() && !matches!(args.what, What::Broker { .. }) {
         bail!(
             "berth binary {} not found: build it with `cargo build --release`",
             berth.display()
@@ -84,6 +124,34 @@ fn main() -> anyhow::Result<()> {
                 jobs,
                 agent_processes: agent_processes.max(1),
                 agent_timeout_secs: agent_timeout,
+            },
+        ),
+        What::Broker {
+            peer,
+            skip_berth,
+            seconds,
+            warmup,
+            connections,
+            queues,
+            scenario,
+            no_memory,
+            no_throughput,
+            json,
+            rounds,
+        } => broker::run(
+            &berth,
+            broker::Options {
+                peer,
+                skip_berth,
+                seconds,
+                warmup,
+                connections,
+                queues,
+                scenario,
+                no_memory,
+                no_throughput,
+                json,
+                rounds,
             },
         ),
     }
