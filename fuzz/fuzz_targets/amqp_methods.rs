@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use berth_amqp::amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use berth_amqp::amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, tx};
+use berth_amqp::amq_protocol::protocol::{
+    basic, channel, confirm, connection, exchange, queue, tx,
+};
 use berth_amqp::codec::{encode_frame, encode_method, PROTOCOL_HEADER};
 use berth_amqp::{AMQPClass, AMQPValue, BasicProperties, FieldTable, LongString, ShortString};
 use berth_broker::server::connection::{Connection, Control};
@@ -19,7 +21,18 @@ use bytes::BytesMut;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-const NAMES: &[&str] = &["", "q", "q2", "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "x", "amq.gen-1", "#"];
+const NAMES: &[&str] = &[
+    "",
+    "q",
+    "q2",
+    "amq.direct",
+    "amq.fanout",
+    "amq.topic",
+    "amq.headers",
+    "x",
+    "amq.gen-1",
+    "#",
+];
 const KINDS: &[&str] = &["direct", "fanout", "topic", "headers", "bogus"];
 /// Generous: one step's output is a few deliveries of bodies from the input.
 const MAX_STEP_OUTPUT: usize = 64 << 20;
@@ -45,7 +58,10 @@ fn args(u: &mut Unstructured) -> Result<FieldTable> {
         ])?;
         let v = match u.int_in_range(0..=3)? {
             0 => AMQPValue::LongInt(u.arbitrary()?),
-            1 => AMQPValue::LongString(LongString::from(u.choose(&["reject-publish", "drop-head", "all", "any", "q", "classic"])?.as_bytes())),
+            1 => AMQPValue::LongString(LongString::from(
+                u.choose(&["reject-publish", "drop-head", "all", "any", "q", "classic"])?
+                    .as_bytes(),
+            )),
             2 => AMQPValue::Boolean(u.arbitrary()?),
             _ => AMQPValue::ShortShortUInt(u.arbitrary()?),
         };
@@ -59,7 +75,9 @@ fn method(u: &mut Unstructured) -> Result<AMQPClass> {
         0 => AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
         1 => AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close::default())),
         2 => AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-        3 => AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: u.arbitrary()? })),
+        3 => AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow {
+            active: u.arbitrary()?,
+        })),
         4 => AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
             exchange: name(u)?,
             kind: (*u.choose(KINDS)?).into(),
@@ -104,7 +122,10 @@ fn method(u: &mut Unstructured) -> Result<AMQPClass> {
             routing_key: name(u)?,
             arguments: args(u)?,
         })),
-        10 => AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge { queue: name(u)?, nowait: u.arbitrary()? })),
+        10 => AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+            queue: name(u)?,
+            nowait: u.arbitrary()?,
+        })),
         11 => AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
             queue: name(u)?,
             if_unused: u.arbitrary()?,
@@ -128,7 +149,10 @@ fn method(u: &mut Unstructured) -> Result<AMQPClass> {
             consumer_tag: (*u.choose(&["", "a", "b"])?).into(),
             nowait: u.arbitrary()?,
         })),
-        15 => AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: name(u)?, no_ack: u.arbitrary()? })),
+        15 => AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: name(u)?,
+            no_ack: u.arbitrary()?,
+        })),
         16 => AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
             delivery_tag: u.int_in_range(0..=8)?,
             multiple: u.arbitrary()?,
@@ -142,8 +166,12 @@ fn method(u: &mut Unstructured) -> Result<AMQPClass> {
             delivery_tag: u.int_in_range(0..=8)?,
             requeue: u.arbitrary()?,
         })),
-        19 => AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue: u.arbitrary()? })),
-        20 => AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: u.arbitrary()? })),
+        19 => AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover {
+            requeue: u.arbitrary()?,
+        })),
+        20 => AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: u.arbitrary()?,
+        })),
         21 => AMQPClass::Tx(match u.int_in_range(0..=2)? {
             0 => tx::AMQPMethod::Select(tx::Select {}),
             1 => tx::AMQPMethod::Commit(tx::Commit {}),
@@ -190,8 +218,16 @@ fn step(u: &mut Unstructured, out: &mut BytesMut) -> Result<()> {
             if u.arbitrary()? {
                 props = props.with_expiration((*u.choose(&["0", "10", "x", "-1"])?).into());
             }
-            let declared = if u.ratio(1, 10)? { body.len() as u64 + 5 } else { body.len() as u64 };
-            let h = AMQPContentHeader { class_id: 60, body_size: declared, properties: props };
+            let declared = if u.ratio(1, 10)? {
+                body.len() as u64 + 5
+            } else {
+                body.len() as u64
+            };
+            let h = AMQPContentHeader {
+                class_id: 60,
+                body_size: declared,
+                properties: props,
+            };
             encode_frame(&AMQPFrame::Header(ch, h), out);
             for part in body.chunks(u.int_in_range(1..=200)?) {
                 encode_frame(&AMQPFrame::Body(ch, part.to_vec()), out);
@@ -232,10 +268,16 @@ fn handshake(out: &mut BytesMut) {
     );
     encode_method(
         0,
-        &AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: "/".into() })),
+        &AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+            virtual_host: "/".into(),
+        })),
         out,
     );
-    encode_method(1, &AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})), out);
+    encode_method(
+        1,
+        &AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        out,
+    );
 }
 
 fn run(data: &[u8]) -> Result<()> {
@@ -279,7 +321,11 @@ fn run(data: &[u8]) -> Result<()> {
         }
         let _ = c.on_wake(now);
         let out = c.drain_output();
-        assert!(out.len() <= MAX_STEP_OUTPUT, "step output {} bytes", out.len());
+        assert!(
+            out.len() <= MAX_STEP_OUTPUT,
+            "step output {} bytes",
+            out.len()
+        );
         if ctl == Control::Close || c.is_closed() {
             break;
         }
