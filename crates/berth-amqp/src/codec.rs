@@ -114,7 +114,8 @@ impl FrameDecoder {
             // RabbitMQ: 505 unexpected-frame.
             return Err(AmqpError::connection(
                 ReplyCode::UnexpectedFrame,
-                format!("heartbeat frame on channel {channel}, expected channel 0"),
+                // RabbitMQ's wording.
+                format!("type {frame_type}, all octets = <<>>"),
             ));
         }
         let total = FRAME_HEADER_LEN + size as usize + 1;

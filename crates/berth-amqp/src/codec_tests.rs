@@ -259,7 +259,7 @@ fn bad_frames() {
         (
             vec![8, 0, 1, 0, 0, 0, 0, 0xCE],
             ReplyCode::UnexpectedFrame,
-            vec!["heartbeat", "channel 1"],
+            vec!["type 8"],
         ),
         (bad_end, ReplyCode::FrameError, vec!["frame end"]),
         (

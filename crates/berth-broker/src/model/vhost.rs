@@ -15,6 +15,9 @@ use super::queue::{Admit, Queue, QueueDecl};
 use crate::definitions::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
 use crate::types::{ConnectionId, Message, MessageLog, MessageRef, MetaLog, MetaOp, WriteTicket};
 
+/// The prefix of server-named queues.
+pub const SERVER_NAMED_PREFIX: &str = "amq.gen-";
+
 /// What happened to a published message.
 #[derive(Debug, Default)]
 pub struct PublishOutcome {
@@ -448,7 +451,7 @@ impl Vhost {
             loop {
                 let bytes: [u8; 16] = rand::random();
                 let n = format!(
-                    "amq.gen-{}",
+                    "{SERVER_NAMED_PREFIX}{}",
                     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
                 );
                 if !topo.queues.contains_key(n.as_str()) {
@@ -456,6 +459,16 @@ impl Vhost {
                 }
             }
         } else {
+            // As RabbitMQ, a client-chosen name may not start with `amq.`, even to
+            // redeclare. Server-named queues are exempt: the protocol layer
+            // names them itself (to check permissions on the name) and passes
+            // the `amq.gen-` name in.
+            if decl.name.starts_with("amq.") && !decl.name.starts_with(SERVER_NAMED_PREFIX) {
+                return Err(access_refused(format!(
+                    "queue name '{}' contains reserved prefix 'amq.*'",
+                    decl.name
+                )));
+            }
             decl.name.clone()
         };
         let what = rs("queue", &name, &self.name);
@@ -489,13 +502,6 @@ impl Vhost {
             q.touch();
             let (m, c) = (q.message_count(), q.consumer_count());
             return Ok((q.clone(), m, c));
-        }
-        // The reserved prefix applies to new names only: a client may redeclare
-        // the server-named queue it got (`amq.gen-...`), as with RabbitMQ.
-        if name.starts_with("amq.") && !decl.name.is_empty() {
-            return Err(access_refused(format!(
-                "queue name '{name}' contains reserved prefix 'amq.*'"
-            )));
         }
         // Only new queues validate their arguments; a redeclare is compared
         // (RabbitMQ reports an inequivalent rather than an invalid argument).

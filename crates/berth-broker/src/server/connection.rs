@@ -1226,7 +1226,7 @@ impl Core {
         let Some(vhost) = self.broker.vhost(name) else {
             return Err(AmqpError::connection(
                 ReplyCode::NotAllowed,
-                format!("vhost '{name}' not found"),
+                format!("vhost {name} not found"),
             )
             .caused_by(10, 40));
         };
@@ -1459,7 +1459,7 @@ impl Core {
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
                 let name = if d.queue.as_str().is_empty() && !d.passive {
-                    random_name("amq.gen-")
+                    random_name(crate::model::vhost::SERVER_NAMED_PREFIX)
                 } else {
                     self.queue_name(ch, d.queue.as_str(), ids)?
                 };

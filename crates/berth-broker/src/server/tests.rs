@@ -429,7 +429,7 @@ fn tune_and_open_are_checked() {
             virtual_host: "nope".into(),
         })),
     );
-    c.expect_connection_close(530, "NOT_ALLOWED - vhost 'nope' not found");
+    c.expect_connection_close(530, "NOT_ALLOWED - vhost nope not found");
 
     // Out of order: open before tune-ok.
     let mut c = Client::new(&broker);
