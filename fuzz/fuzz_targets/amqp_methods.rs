@@ -307,7 +307,9 @@ fn run(data: &[u8]) -> Result<()> {
         let cut = u.int_in_range(0..=bytes.len())?;
         let mut first = bytes.split_to(cut);
         let mut ctl = c.on_input(&mut first, now);
-        bytes.unsplit(first);
+        // What the first read left unconsumed comes before the second read.
+        first.unsplit(bytes);
+        let mut bytes = first;
         if ctl == Control::Continue {
             ctl = c.on_input(&mut bytes, now);
         }

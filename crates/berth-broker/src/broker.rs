@@ -102,7 +102,7 @@ impl Broker {
         for m in recovered {
             match broker.vhost(&m.vhost) {
                 Some(vhost) => {
-                    vhost.restore_message(&m.queue, m.message, now);
+                    vhost.restore_message(&m.queue, m.message, m.redelivered, now);
                     restored += 1;
                 }
                 None => tracing::warn!(vhost = %m.vhost, queue = %m.queue, "recovered message for a missing vhost dropped"),

@@ -88,6 +88,10 @@ pub trait MessageLog: Send + Sync {
     fn remove(&self, vhost: &str, queue: &str, ids: &[MessageId]);
     /// The queue was deleted or purged: all its messages are gone.
     fn remove_queue(&self, vhost: &str, queue: &str);
+    /// The messages were handed to a consumer that acks (or basic.get without
+    /// no-ack) for the first time: after a restart they come back with
+    /// redelivered=true, as in RabbitMQ. Does not wait for the disk.
+    fn delivered(&self, vhost: &str, queue: &str, ids: &[MessageId]);
     /// The highest ticket that is on disk (fsynced).
     fn synced(&self) -> tokio::sync::watch::Receiver<u64>;
 }
@@ -114,6 +118,7 @@ impl MessageLog for MemoryLog {
     }
     fn remove(&self, _vhost: &str, _queue: &str, _ids: &[MessageId]) {}
     fn remove_queue(&self, _vhost: &str, _queue: &str) {}
+    fn delivered(&self, _vhost: &str, _queue: &str, _ids: &[MessageId]) {}
     fn synced(&self) -> tokio::sync::watch::Receiver<u64> {
         self.synced.subscribe()
     }

@@ -135,6 +135,9 @@ struct State {
 struct Effects {
     /// Persistent messages that left this durable queue for good.
     removed: Vec<MessageId>,
+    /// Persistent messages of this durable queue delivered for the first time
+    /// to a consumer that acks (or basic.get without no-ack).
+    delivered: Vec<MessageId>,
     dead: Vec<DeadLetter>,
     delete_self: bool,
 }
@@ -385,6 +388,7 @@ impl Queue {
                     if no_ack {
                         self.leave(&e.msg, &mut fx);
                     } else {
+                        self.note_delivered(&e, &mut fx);
                         st.unacked_bytes += e.msg.body_len() as u64;
                         st.unacked.insert(
                             e.msg.id,
@@ -577,7 +581,7 @@ impl Queue {
     }
 
     /// A recovered message goes back without logging or overflow checks.
-    pub(crate) fn restore(&self, msg: MessageRef, now_ms: u64) {
+    pub(crate) fn restore(&self, msg: MessageRef, redelivered: bool, now_ms: u64) {
         let mut st = self.state.lock();
         if st.deleted {
             return;
@@ -588,7 +592,7 @@ impl Queue {
         };
         st.push_back(Entry {
             msg,
-            redelivered: false,
+            redelivered,
             expires_at: ttl.map(|t| now_ms.saturating_add(t)),
         });
     }
@@ -696,6 +700,7 @@ impl Queue {
         if no_ack {
             self.leave(&entry.msg, fx);
         } else {
+            self.note_delivered(&entry, fx);
             st.unacked_bytes += entry.msg.body_len() as u64;
             st.unacked.insert(
                 entry.msg.id,
@@ -750,6 +755,14 @@ impl Queue {
         }
     }
 
+    /// An unacked delivery: the log records the first one of a logged message
+    /// (a requeued or recovered-as-redelivered entry is flagged already).
+    fn note_delivered(&self, entry: &Entry, fx: &mut Effects) {
+        if !entry.redelivered && self.logs_messages() && entry.msg.persistent() {
+            fx.delivered.push(entry.msg.id);
+        }
+    }
+
     /// The message left this queue for good.
     fn leave(&self, msg: &MessageRef, fx: &mut Effects) {
         if self.logs_messages() && msg.persistent() {
@@ -769,8 +782,12 @@ impl Queue {
         }
     }
 
-    /// After unlocking: log removals, dead-letter publishes, auto-delete.
+    /// After unlocking: log deliveries and removals, dead-letter publishes,
+    /// auto-delete.
     fn finish(&self, fx: Effects, now_ms: u64) {
+        if !fx.delivered.is_empty() {
+            self.log.delivered(&self.vhost, &self.name, &fx.delivered);
+        }
         if !fx.removed.is_empty() {
             self.log.remove(&self.vhost, &self.name, &fx.removed);
         }

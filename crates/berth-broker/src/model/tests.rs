@@ -72,6 +72,8 @@ struct RecLog {
     published: Mutex<Vec<(Vec<String>, MessageId)>>,
     removed: Mutex<Vec<(String, MessageId)>>,
     removed_queues: Mutex<Vec<String>>,
+    /// One entry per `delivered` call: (queue, ids).
+    delivered: Mutex<Vec<(String, Vec<MessageId>)>>,
     synced: Mutex<Option<tokio::sync::watch::Sender<u64>>>,
 }
 
@@ -91,6 +93,11 @@ impl MessageLog for RecLog {
     }
     fn remove_queue(&self, _vhost: &str, queue: &str) {
         self.removed_queues.lock().push(queue.to_string());
+    }
+    fn delivered(&self, _vhost: &str, queue: &str, ids: &[MessageId]) {
+        self.delivered
+            .lock()
+            .push((queue.to_string(), ids.to_vec()));
     }
     fn synced(&self) -> tokio::sync::watch::Receiver<u64> {
         self.synced
@@ -1569,12 +1576,132 @@ fn restore_puts_messages_back_without_logging() {
         )
         .unwrap()
         .0;
-    e.vhost.restore_message("d", persistent("d", "old"), 0);
     e.vhost
-        .restore_message("missing", persistent("d", "lost"), 0);
+        .restore_message("d", persistent("d", "old"), false, 0);
+    e.vhost
+        .restore_message("d", persistent("d", "seen"), true, 0);
+    e.vhost
+        .restore_message("missing", persistent("d", "lost"), false, 0);
     assert!(e.log.published.lock().is_empty());
-    assert_eq!(q.message_count(), 1);
-    assert_eq!(e.drain("d", 0), vec!["old"]);
+    assert_eq!(q.message_count(), 2);
+    let mut got = Vec::new();
+    while let GetResult::Message {
+        message,
+        redelivered,
+        ..
+    } = q.get(false, 0)
+    {
+        got.push((
+            String::from_utf8_lossy(&message.body).into_owned(),
+            redelivered,
+        ));
+    }
+    assert_eq!(got, vec![("old".into(), false), ("seen".into(), true)]);
+    // Only the one never delivered before needs a delivered record.
+    assert_eq!(e.log.delivered.lock().len(), 1);
+}
+
+#[test]
+fn first_unacked_delivery_of_logged_messages_is_recorded_once() {
+    let e = env();
+    let durable = |name: &str| {
+        e.vhost
+            .declare_queue(
+                QueueDecl {
+                    durable: true,
+                    ..qdecl(name)
+                },
+                1,
+            )
+            .unwrap()
+            .0
+    };
+    let d = durable("d");
+    let t = e.queue("t");
+    let x = e
+        .vhost
+        .declare_queue(
+            QueueDecl {
+                durable: true,
+                exclusive: true,
+                ..qdecl("x")
+            },
+            1,
+        )
+        .unwrap()
+        .0;
+    let ids: Vec<MessageId> = (0..3)
+        .map(|i| {
+            let m = persistent("d", &format!("p{i}"));
+            let id = m.id;
+            e.vhost.publish("", m, 0).unwrap();
+            id
+        })
+        .collect();
+    e.vhost.publish("", plain("d", "transient"), 0).unwrap();
+    e.vhost.publish("", persistent("t", "tq"), 0).unwrap();
+    e.vhost.publish("", persistent("x", "xq"), 0).unwrap();
+
+    // One ack-mode consumer dispatch of everything ready: one call, the
+    // persistent ids only.
+    let s = Sink::new(None);
+    d.add_consumer(consumer("c", &s)).unwrap();
+    assert_eq!(s.count(), 4);
+    assert_eq!(
+        *e.log.delivered.lock(),
+        vec![("d".to_string(), ids.clone())]
+    );
+    // Requeued and delivered again: already recorded.
+    let msgs: Vec<crate::types::MessageRef> = s
+        .delivered
+        .lock()
+        .iter()
+        .map(|d| d.message.clone())
+        .collect();
+    s.delivered.lock().clear();
+    assert!(d.remove_consumer(1, 1, "c"));
+    d.requeue(msgs, 0);
+    let s2 = Sink::new(None);
+    d.add_consumer(consumer("c2", &s2)).unwrap();
+    assert_eq!(s2.count(), 4);
+    assert!(s2.delivered.lock().iter().all(|d| d.redelivered));
+    assert_eq!(e.log.delivered.lock().len(), 1);
+    // A later publish goes straight to the waiting consumer: its own record.
+    let m = persistent("d", "late");
+    let late = m.id;
+    e.vhost.publish("", m, 0).unwrap();
+    assert_eq!(
+        e.log.delivered.lock().last(),
+        Some(&("d".to_string(), vec![late]))
+    );
+    assert_eq!(e.log.delivered.lock().len(), 2);
+
+    // basic.get: recorded without no-ack only; never for unlogged queues.
+    let d2 = durable("d2");
+    let m = persistent("d2", "g");
+    let gid = m.id;
+    e.vhost.publish("", m, 0).unwrap();
+    e.vhost.publish("", persistent("d2", "g-noack"), 0).unwrap();
+    assert!(matches!(d2.get(false, 0), GetResult::Message { .. }));
+    assert!(matches!(d2.get(true, 0), GetResult::Message { .. }));
+    assert!(matches!(t.get(false, 0), GetResult::Message { .. }));
+    assert!(matches!(x.get(false, 0), GetResult::Message { .. }));
+    assert_eq!(e.log.delivered.lock().len(), 3);
+    assert_eq!(
+        e.log.delivered.lock().last(),
+        Some(&("d2".to_string(), vec![gid]))
+    );
+
+    // no-ack consumers: the message leaves, nothing to flag.
+    let s3 = Sink::new(None);
+    d2.add_consumer(ConsumerSpec {
+        no_ack: true,
+        ..consumer("n", &s3)
+    })
+    .unwrap();
+    e.vhost.publish("", persistent("d2", "n"), 0).unwrap();
+    assert_eq!(s3.count(), 1);
+    assert_eq!(e.log.delivered.lock().len(), 3);
 }
 
 #[test]

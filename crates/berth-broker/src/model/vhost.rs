@@ -912,11 +912,12 @@ impl Vhost {
     }
 
     /// Puts a recovered persistent message back into a durable queue at startup
-    /// (no routing, no logging).
-    pub fn restore_message(&self, queue: &str, message: Message, now_ms: u64) {
+    /// (no routing, no logging). `redelivered`: it had been delivered and not
+    /// acked before the restart.
+    pub fn restore_message(&self, queue: &str, message: Message, redelivered: bool, now_ms: u64) {
         let q = self.topo.read().queues.get(queue).cloned();
         match q {
-            Some(q) => q.restore(Arc::new(message), now_ms),
+            Some(q) => q.restore(Arc::new(message), redelivered, now_ms),
             None => {
                 tracing::warn!(vhost = %self.name, queue, "recovered message for a missing queue dropped")
             }

@@ -6,7 +6,8 @@
 //! - [`Connection::on_wake`]: after [`ConnShared::notify`] fired (deliveries,
 //!   cancels, a forced close) or the store's synced watermark moved;
 //! - [`Connection::on_timer`] at [`Connection::next_timer`]: handshake timeout, heartbeats;
-//! - [`Connection::on_alarm`]: memory/disk alarm changes;
+//! - [`Connection::on_alarm`]: memory/disk alarm changes (when an alarm clears,
+//!   call [`Connection::on_input`] again with the input left in the buffer);
 //! - [`Connection::take_output`] / [`Connection::written`]: bytes for the client
 //!   and the output credit they release.
 //!
@@ -88,9 +89,15 @@ struct Core {
     connected: Instant,
     last_recv: Instant,
     last_send: Instant,
-    has_published: bool,
     alarm: Option<&'static str>,
+    /// A basic.publish arrived while an alarm was on: input stops at it until the
+    /// alarm clears. Like RabbitMQ's `blocked` state; connections that do not
+    /// publish ("blocking") keep working.
+    blocked: bool,
     blocked_sent: bool,
+    /// Bytes left in the caller's input buffer by the last `on_input`, already
+    /// counted in `recv_bytes`.
+    in_counted: usize,
     synced: tokio::sync::watch::Receiver<u64>,
     awaiting_sync: bool,
     confirms_dirty: bool,
@@ -265,9 +272,10 @@ impl Connection {
             connected: now,
             last_recv: now,
             last_send: now,
-            has_published: false,
             alarm,
+            blocked: false,
             blocked_sent: false,
+            in_counted: 0,
             synced,
             awaiting_sync: false,
             confirms_dirty: false,
@@ -296,11 +304,12 @@ impl Connection {
     }
 
     /// Whether the socket should be read now: false once closed, while the output
-    /// owed to the client is over budget, and for publishers during an alarm.
+    /// owed to the client is over budget, and while blocked by an alarm (a publish
+    /// arrived during it; the publish and what follows wait in the input buffer).
     pub fn wants_read(&self) -> bool {
         !matches!(self.core.state, State::Closed)
             && self.core.shared.pending_output() < OUTPUT_BUDGET
-            && !(self.core.alarm.is_some() && self.core.has_published)
+            && !self.core.input_blocked()
     }
 
     /// Whether a publisher confirm waits for the store's synced watermark
@@ -414,33 +423,27 @@ impl Connection {
         Control::Continue
     }
 
-    /// The memory/disk alarm changed.
+    /// The memory/disk alarm changed. Nothing is blocked yet when an alarm
+    /// starts: a connection blocks (and is told so with connection.blocked) at
+    /// its next basic.publish, as in RabbitMQ, so consumers keep working. When
+    /// the alarm clears, blocked connections get connection.unblocked and the
+    /// driver must call [`Connection::on_input`] with the input it kept: the
+    /// held publish is processed then.
     pub fn on_alarm(&mut self, alarm: Option<&'static str>, now: Instant) {
         let c = &mut self.core;
         c.alarm = alarm;
-        if c.state == State::Open && c.cap_blocked {
-            match alarm {
-                Some(a) if !c.blocked_sent => {
-                    c.send(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::Blocked(
-                            connection::Blocked {
-                                reason: super::flow::blocked_reason(a).into(),
-                            },
-                        )),
-                    );
-                    c.blocked_sent = true;
-                }
-                None if c.blocked_sent => {
+        if alarm.is_none() {
+            c.blocked = false;
+            if c.blocked_sent {
+                c.blocked_sent = false;
+                if matches!(c.state, State::Open) {
                     c.send(
                         0,
                         AMQPClass::Connection(connection::AMQPMethod::Unblocked(
                             connection::Unblocked {},
                         )),
                     );
-                    c.blocked_sent = false;
                 }
-                _ => {}
             }
         }
         c.update_state_meta();
@@ -448,18 +451,33 @@ impl Connection {
     }
 
     /// Processes every complete frame in `buf` (partial frames stay in it).
+    /// Stops early, leaving the rest in `buf`, at a basic.publish during an
+    /// alarm; call again once [`Connection::wants_read`] turns true.
     pub fn on_input(&mut self, buf: &mut BytesMut, now: Instant) -> Control {
-        if !buf.is_empty() {
+        // Drivers append to what the last call left, which was counted then.
+        let fresh = buf.len().saturating_sub(self.core.in_counted);
+        if fresh > 0 {
             self.core.last_recv = now;
             self.core
                 .shared
                 .recv_bytes
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                .fetch_add(fresh as u64, Ordering::Relaxed);
         }
         let now_ms = crate::types::now_ms();
         loop {
             if matches!(self.core.state, State::Closed) {
                 buf.clear();
+                break;
+            }
+            if self.core.input_blocked() {
+                break;
+            }
+            if self.core.alarm.is_some()
+                && matches!(self.core.state, State::Open)
+                && is_publish_frame(buf)
+            {
+                // Held unread, like RabbitMQ, which stops reading at the publish.
+                self.core.block();
                 break;
             }
             let item = match self.decoder.decode(buf) {
@@ -482,6 +500,7 @@ impl Connection {
                 self.connection_error(e, now);
             }
         }
+        self.core.in_counted = buf.len();
         self.after_work(now, now_ms)
     }
 
@@ -1035,6 +1054,13 @@ impl Drop for Connection {
     }
 }
 
+/// Whether `buf` starts with a basic.publish method frame (its 7-byte frame
+/// header and class/method ids suffice; the rest may not have arrived).
+fn is_publish_frame(buf: &[u8]) -> bool {
+    const FRAME_METHOD: u8 = 1;
+    buf.len() >= 11 && buf[0] == FRAME_METHOD && buf[7..11] == [0, 60, 0, 40]
+}
+
 /// Requeues (queue, message) pairs, one call per queue.
 fn requeue_grouped(
     items: Vec<(Arc<Queue>, crate::types::MessageRef)>,
@@ -1082,13 +1108,35 @@ impl Core {
         }
     }
 
+    /// Input stops: blocked by an alarm and not closing (close-ok must still be read).
+    fn input_blocked(&self) -> bool {
+        self.blocked && matches!(self.state, State::Open)
+    }
+
+    /// A publish arrived during an alarm: stop reading, and tell clients that
+    /// understand connection.blocked why.
+    fn block(&mut self) {
+        self.blocked = true;
+        if let (Some(a), true, false) = (self.alarm, self.cap_blocked, self.blocked_sent) {
+            self.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: super::flow::blocked_reason(a).into(),
+                })),
+            );
+            self.blocked_sent = true;
+        }
+        self.update_state_meta();
+    }
+
     fn update_state_meta(&self) {
         let mut m = self.shared.meta.lock();
         if self.state == State::Open {
-            m.state = if self.alarm.is_some() && self.has_published {
-                "blocked"
-            } else {
-                "running"
+            // RabbitMQ's names: "blocking" until the connection publishes.
+            m.state = match (self.alarm, self.blocked) {
+                (Some(_), true) => "blocked",
+                (Some(_), false) => "blocking",
+                (None, _) => "running",
             };
         }
     }
@@ -1244,16 +1292,10 @@ impl Core {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
         );
         self.state = State::Open;
+        // No connection.blocked here even during an alarm: clients such as lapin
+        // stop sending everything once blocked, so a consumer could not even
+        // open a channel. It is sent at the first publish instead (RabbitMQ too).
         self.update_state_meta();
-        if let (Some(a), true) = (self.alarm, self.cap_blocked) {
-            self.send(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: super::flow::blocked_reason(a).into(),
-                })),
-            );
-            self.blocked_sent = true;
-        }
         Ok(())
     }
 
@@ -1980,10 +2022,6 @@ impl Core {
             .caused_by(60, 40));
         }
         self.check(Access::Write, true, method.exchange.as_str(), n, (60, 40))?;
-        if !self.has_published {
-            self.has_published = true;
-            self.update_state_meta();
-        }
         if let Some(tx) = ch.tx.as_mut() {
             tx.push(TxOp::Publish(Box::new((method, properties, body))));
             return Ok(());

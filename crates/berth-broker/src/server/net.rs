@@ -280,10 +280,19 @@ async fn drive(
                     Ok(()) => {
                         let a = *alarm_rx.as_mut().expect("guarded").borrow_and_update();
                         conn.on_alarm(a, Instant::now());
+                        if rbuf.is_empty() {
+                            Control::Continue
+                        } else {
+                            // A publish held while blocked (and what came after it)
+                            // waits here; a no-op while still blocked.
+                            conn.on_input(&mut rbuf, Instant::now())
+                        }
                     }
-                    Err(_) => alarm_rx = None,
+                    Err(_) => {
+                        alarm_rx = None;
+                        Control::Continue
+                    }
                 }
-                Control::Continue
             },
             r = async { synced_rx.as_mut().expect("guarded").changed().await }, if awaiting_sync && synced_rx.is_some() => {
                 match r {

@@ -19,7 +19,7 @@ pub struct ConnectionInfo {
     pub vhost: String,
     pub tls: bool,
     pub channels: u32,
-    /// "starting", "running", "blocked", "closing"
+    /// "starting", "running", "blocking" (alarm on, not published since), "blocked", "closing"
     pub state: String,
     pub frame_max: u32,
     pub heartbeat: u16,

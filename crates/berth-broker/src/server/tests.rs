@@ -17,6 +17,8 @@ struct Client {
     now: Instant,
     frames: VecDeque<AMQPFrame>,
     last: Control,
+    /// Input the connection left unprocessed (held while blocked by an alarm).
+    input: BytesMut,
 }
 
 struct Msg {
@@ -53,12 +55,18 @@ impl Client {
             now,
             frames: VecDeque::new(),
             last: Control::Continue,
+            input: BytesMut::new(),
         }
     }
 
     fn raw(&mut self, bytes: &[u8]) -> Control {
-        let mut b = BytesMut::from(bytes);
-        self.last = self.conn.on_input(&mut b, self.now);
+        self.input.extend_from_slice(bytes);
+        self.resume()
+    }
+
+    /// Feeds the held input again, as the socket task does when an alarm clears.
+    fn resume(&mut self) -> Control {
+        self.last = self.conn.on_input(&mut self.input, self.now);
         self.collect();
         self.last
     }
@@ -922,16 +930,33 @@ fn forced_close_and_alarms() {
     let broker = Broker::in_memory();
     let mut c = Client::open(&broker);
     c.open_channel(1);
-    c.publish(1, "", "none", b"x");
+    c.declare(1, "aq");
+    c.publish(1, "", "aq", b"before");
     assert!(c.conn.wants_read());
     broker.flow.set_readings(u64::MAX, u64::MAX);
     c.conn.on_alarm(broker.flow.alarm(), c.now);
+    // Having published before the alarm blocks nothing: RabbitMQ's "blocking".
+    c.nothing();
+    assert!(c.conn.wants_read());
+    assert_eq!(broker.registry.connections()[0].state, "blocking");
+    assert_eq!(c.declare(1, "aq").message_count, 1);
+    // The next publish blocks the connection; it and what follows are held.
+    c.publish(1, "", "aq", b"held");
     match c.method() {
         (0, AMQPClass::Connection(connection::AMQPMethod::Blocked(b))) => {
             assert_eq!(b.reason.as_str(), "low on memory")
         }
         other => panic!("{other:?}"),
     }
+    c.send(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "aq".into(),
+            passive: true,
+            ..Default::default()
+        })),
+    );
+    c.nothing();
     assert!(!c.conn.wants_read());
     assert_eq!(broker.registry.connections()[0].state, "blocked");
     broker.flow.set_readings(0, u64::MAX);
@@ -941,6 +966,15 @@ fn forced_close_and_alarms() {
         AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))
     ));
     assert!(c.conn.wants_read());
+    assert_eq!(broker.registry.connections()[0].state, "running");
+    c.resume();
+    match c.method() {
+        (1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+            assert_eq!(ok.message_count, 2)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(c.input.is_empty());
 
     let name = broker.registry.connections()[0].name.clone();
     assert!(broker.registry.close(&name, "bye"));
@@ -950,6 +984,107 @@ fn forced_close_and_alarms() {
         AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
     );
     assert_eq!(c.last, Control::Close);
+}
+
+/// The frames of one publish of `body` to the default exchange: (method, header + body).
+fn publish_frames(ch: u16, rk: &str, body: &[u8]) -> (BytesMut, BytesMut) {
+    let mut m = BytesMut::new();
+    encode_method(
+        ch,
+        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: rk.into(),
+            mandatory: false,
+            immediate: false,
+        })),
+        &mut m,
+    );
+    let mut content = BytesMut::new();
+    let h = AMQPContentHeader {
+        class_id: 60,
+        body_size: body.len() as u64,
+        properties: BasicProperties::default(),
+    };
+    encode_frame(&AMQPFrame::Header(ch, h), &mut content);
+    encode_frame(&AMQPFrame::Body(ch, body.to_vec()), &mut content);
+    (m, content)
+}
+
+#[test]
+fn alarm_blocks_only_publishers() {
+    let broker = Broker::in_memory();
+    broker.flow.set_readings(u64::MAX, u64::MAX);
+    // Connections opened during the alarm are not told they are blocked
+    // (Client::open checks open-ok comes alone), and consumers keep working.
+    let mut cons = Client::open(&broker);
+    cons.nothing();
+    cons.open_channel(1);
+    cons.declare(1, "cq");
+    cons.consume(1, "cq", "c", false);
+    let mut publ = Client::open(&broker);
+    publ.nothing();
+    publ.open_channel(1);
+    assert_eq!(broker.registry.connections()[1].state, "blocking");
+    // The method frame alone blocks; the content is held unread.
+    let (method, content) = publish_frames(1, "cq", b"m1");
+    publ.raw(&method);
+    assert!(matches!(
+        publ.method().1,
+        AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
+    ));
+    assert!(!publ.conn.wants_read());
+    publ.raw(&content);
+    publ.nothing();
+    cons.nothing();
+    assert!(cons.conn.wants_read());
+    assert_eq!(broker.registry.connections()[0].state, "blocking");
+    assert_eq!(broker.registry.connections()[1].state, "blocked");
+
+    broker.flow.set_readings(0, u64::MAX);
+    cons.conn.on_alarm(broker.flow.alarm(), cons.now);
+    cons.nothing();
+    publ.conn.on_alarm(broker.flow.alarm(), publ.now);
+    assert!(matches!(
+        publ.method().1,
+        AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))
+    ));
+    publ.resume();
+    assert_eq!(cons.content().body, b"m1");
+    cons.ack(1, 1, false);
+    cons.nothing();
+
+    // An alarm in the middle of a publish lets its content through; the next
+    // publish blocks.
+    let (method, content) = publish_frames(1, "cq", b"m2");
+    publ.raw(&method);
+    broker.flow.set_readings(u64::MAX, u64::MAX);
+    publ.conn.on_alarm(broker.flow.alarm(), publ.now);
+    cons.conn.on_alarm(broker.flow.alarm(), cons.now);
+    publ.raw(&content);
+    assert_eq!(cons.content().body, b"m2");
+    cons.ack(1, 2, false);
+    let (method, content) = publish_frames(1, "cq", b"m3");
+    publ.raw(&method);
+    publ.raw(&content);
+    assert!(matches!(
+        publ.method().1,
+        AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
+    ));
+    cons.nothing();
+    // Received bytes are counted once, held or not.
+    let recv = broker.registry.connections()[1].recv_bytes;
+    publ.resume();
+    assert_eq!(broker.registry.connections()[1].recv_bytes, recv);
+    // A forced close is still answered while blocked: close-ok is read.
+    publ.conn.shared().force_close("bye");
+    publ.expect_connection_close(320, "CONNECTION_FORCED - bye");
+    assert!(publ.conn.wants_read());
+    publ.send(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    );
+    assert_eq!(publ.last, Control::Close);
+    cons.nothing();
 }
 
 #[test]
@@ -1383,4 +1518,171 @@ fn pika_smoke() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && text.contains("OK"), "{text}");
+}
+
+/// The socket task keeps the input behind a blocked publish and processes it
+/// when the alarm clears.
+#[tokio::test]
+async fn alarm_holds_publish_over_tcp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::in_memory();
+    broker.flow.set_readings(u64::MAX, u64::MAX);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(super::serve(broker.clone(), Some(listener), None, stop_rx));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut b = BytesMut::from(&PROTOCOL_HEADER[..]);
+    let m = |c| AMQPClass::Connection(c);
+    encode_method(
+        0,
+        &m(connection::AMQPMethod::StartOk(connection::StartOk {
+            client_properties: caps(),
+            mechanism: "PLAIN".into(),
+            response: plain("guest", "guest"),
+            locale: "en_US".into(),
+        })),
+        &mut b,
+    );
+    encode_method(
+        0,
+        &m(connection::AMQPMethod::TuneOk(connection::TuneOk {
+            channel_max: 0,
+            frame_max: 0,
+            heartbeat: 0,
+        })),
+        &mut b,
+    );
+    encode_method(
+        0,
+        &m(connection::AMQPMethod::Open(connection::Open {
+            virtual_host: "/".into(),
+        })),
+        &mut b,
+    );
+    encode_method(
+        1,
+        &AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        &mut b,
+    );
+    let declare = |passive| {
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "tq".into(),
+            passive,
+            ..Default::default()
+        }))
+    };
+    encode_method(1, &declare(false), &mut b);
+    let (method, content) = publish_frames(1, "tq", b"held");
+    b.extend_from_slice(&method);
+    b.extend_from_slice(&content);
+    encode_method(1, &declare(true), &mut b);
+    s.write_all(&b).await.unwrap();
+
+    let mut buf = Vec::new();
+    let mut frames = VecDeque::new();
+    // Reads until `want` matches a frame (returned with what came before), or `wait` passes.
+    async fn read_until(
+        s: &mut tokio::net::TcpStream,
+        buf: &mut Vec<u8>,
+        frames: &mut VecDeque<AMQPFrame>,
+        wait: Duration,
+        want: impl Fn(&AMQPFrame) -> bool,
+    ) -> Option<AMQPFrame> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(f) = frames.pop_front() {
+                if want(&f) {
+                    return Some(f);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+                Ok(r) => r.unwrap(),
+                Err(_) => return None,
+            };
+            assert!(n > 0, "server closed");
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.starts_with(b"AMQP") {
+                buf.drain(..8);
+            }
+            let mut rest: &[u8] = buf;
+            while let Ok((r, f)) = parse_frame(rest) {
+                frames.push_back(f);
+                rest = r;
+            }
+            let used = buf.len() - rest.len();
+            buf.drain(..used);
+        }
+    }
+    let count = |f: &AMQPFrame| match f {
+        AMQPFrame::Method(_, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+            Some(ok.message_count)
+        }
+        _ => None,
+    };
+    let first = read_until(
+        &mut s,
+        &mut buf,
+        &mut frames,
+        Duration::from_secs(10),
+        |f| count(f).is_some(),
+    )
+    .await
+    .expect("declare-ok during the alarm");
+    assert_eq!(count(&first), Some(0));
+    let blocked = read_until(
+        &mut s,
+        &mut buf,
+        &mut frames,
+        Duration::from_secs(10),
+        |f| {
+            matches!(
+                f,
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(_)))
+            )
+        },
+    )
+    .await;
+    assert!(blocked.is_some(), "no connection.blocked");
+    let early = read_until(
+        &mut s,
+        &mut buf,
+        &mut frames,
+        Duration::from_millis(300),
+        |_| true,
+    )
+    .await;
+    assert!(early.is_none(), "answered while blocked: {early:?}");
+
+    broker.flow.set_readings(0, u64::MAX);
+    let unblocked = read_until(
+        &mut s,
+        &mut buf,
+        &mut frames,
+        Duration::from_secs(10),
+        |f| {
+            matches!(
+                f,
+                AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))
+                )
+            )
+        },
+    )
+    .await;
+    assert!(unblocked.is_some(), "no connection.unblocked");
+    let second = read_until(
+        &mut s,
+        &mut buf,
+        &mut frames,
+        Duration::from_secs(10),
+        |f| count(f).is_some(),
+    )
+    .await
+    .expect("held input processed after the alarm");
+    assert_eq!(count(&second), Some(1));
+    stop_tx.send(true).unwrap();
+    server.await.unwrap().unwrap();
 }

@@ -17,6 +17,15 @@
 //!   deleted by the rule above, after the copies are synced. Replay treats a
 //!   second publish of an id into a queue as the same message, and recovery
 //!   orders each queue by message id, so the copy keeps its place.
+//! - Delivered records (a message went to a consumer that acks) only set a
+//!   flag on a (queue, message) that is live at that point of the replay: they
+//!   never keep a message alive nor bring a removed one back. For dependencies
+//!   they count like remove records (their segment lives until the segments
+//!   of the messages they flag are gone, else the flag would be lost).
+//!   Compaction writes a delivered record after the copies of flagged
+//!   messages, since the original record may then be deleted with the segment
+//!   it depends on.
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -43,6 +52,26 @@ const COMPACT_RATIO: u64 = 4;
 
 use berth_amqp::codec::{decode_properties, encode_properties};
 
+/// An index entry: the segment of a (queue, message)'s newest publish record,
+/// with the delivered flag in the top bit (segment numbers have at most 16
+/// decimal digits, far below 2^63), which keeps the index at 8 bytes a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot(u64);
+
+const DELIVERED_BIT: u64 = 1 << 63;
+
+impl Slot {
+    fn new(seg: u64, delivered: bool) -> Slot {
+        Slot(seg | if delivered { DELIVERED_BIT } else { 0 })
+    }
+    fn seg(self) -> u64 {
+        self.0 & !DELIVERED_BIT
+    }
+    fn delivered(self) -> bool {
+        self.0 & DELIVERED_BIT != 0
+    }
+}
+
 /// Liveness of one segment.
 #[derive(Debug, Default)]
 struct SegInfo {
@@ -50,9 +79,10 @@ struct SegInfo {
     live: u64,
     /// References ever published here (for the compaction ratio).
     total: u64,
-    /// Older segments holding messages that remove records here removed. Those
-    /// records are needed (else the messages would come back at replay) until
-    /// every segment listed here is deleted.
+    /// Older segments holding messages that remove records here removed (or
+    /// delivered records here flagged). Those records are needed (else the
+    /// messages would come back at replay, or lose their flag) until every
+    /// segment listed here is deleted.
     deps: BTreeSet<u64>,
 }
 
@@ -72,8 +102,9 @@ pub(super) struct State {
     cur_seg: u64,
     cur_bytes: u64,
     segments: BTreeMap<u64, SegInfo>,
-    /// vhost → queue → message id → segment of its newest publish record.
-    queues: HashMap<String, HashMap<String, HashMap<MessageId, u64>>>,
+    /// vhost → queue → message id → segment of its newest publish record and
+    /// the delivered flag.
+    queues: HashMap<String, HashMap<String, HashMap<MessageId, Slot>>>,
     /// Segments to unlink once the pending records are written and synced.
     deletes: Vec<u64>,
     /// Some segment's live count reached zero: look for segments to delete.
@@ -151,8 +182,17 @@ impl State {
                     vq.insert(q.to_string(), HashMap::new());
                 }
                 let Some(map) = vq.get_mut(q) else { continue };
-                if let Some(prev) = map.insert(id, seg) {
-                    replaced.push(prev);
+                // A second publish of an id into a queue is a compaction copy:
+                // the message keeps its delivered flag.
+                match map.entry(id) {
+                    Entry::Occupied(mut o) => {
+                        let prev = *o.get();
+                        o.insert(Slot::new(seg, prev.delivered()));
+                        replaced.push(prev.seg());
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(Slot::new(seg, false));
+                    }
                 }
                 added += 1;
             }
@@ -180,7 +220,7 @@ impl State {
             for id in ids {
                 if let Some(s) = map.remove(id) {
                     found.push(*id);
-                    segs.push(s);
+                    segs.push(s.seg());
                 }
             }
             emptied = map.is_empty();
@@ -200,10 +240,31 @@ impl State {
         }
         match map {
             Some(map) if !map.is_empty() => {
-                self.note_removed(seg, map.into_values().collect());
+                self.note_removed(seg, map.into_values().map(Slot::seg).collect());
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Index effect of a delivered record in `seg`: flags the live ids (others
+    /// were removed already and stay removed) and notes the segments of their
+    /// publish records as dependencies, like a remove record.
+    fn apply_delivered(&mut self, seg: u64, vhost: &str, queue: &str, ids: &[MessageId]) {
+        let Some(map) = self.queues.get_mut(vhost).and_then(|v| v.get_mut(queue)) else {
+            return;
+        };
+        let mut deps = Vec::new();
+        for id in ids {
+            if let Some(slot) = map.get_mut(id) {
+                *slot = Slot::new(slot.seg(), true);
+                if slot.seg() != seg {
+                    deps.push(slot.seg());
+                }
+            }
+        }
+        if let Some(info) = self.segments.get_mut(&seg) {
+            info.deps.extend(deps);
         }
     }
 
@@ -349,6 +410,34 @@ impl Shared {
         segment::encode_remove(st.buffer_for(len, seg_bytes), vhost, queue, &live);
         let seg = st.cur_seg;
         st.apply_remove(seg, vhost, queue, &live);
+        st.reclaim();
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Flags messages as delivered. Queued without waiting for the writer
+    /// (no backpressure wait, no ticket): losing the last few flags in a crash
+    /// only means a redelivered=false too many, as before this record existed.
+    pub fn delivered(&self, vhost: &str, queue: &str, ids: &[MessageId]) {
+        let mut st = self.state.lock();
+        // Only live, not yet flagged ids need a record (requeued messages were
+        // flagged at their first delivery).
+        let fresh: Vec<MessageId> = match st.queues.get(vhost).and_then(|v| v.get(queue)) {
+            Some(map) => ids
+                .iter()
+                .copied()
+                .filter(|id| map.get(id).is_some_and(|s| !s.delivered()))
+                .collect(),
+            None => return,
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let len = segment::delivered_len(vhost, queue, fresh.len());
+        let seg_bytes = self.options.segment_bytes;
+        segment::encode_delivered(st.buffer_for(len, seg_bytes), vhost, queue, &fresh);
+        let seg = st.cur_seg;
+        st.apply_delivered(seg, vhost, queue, &fresh);
         st.reclaim();
         drop(st);
         self.wake.notify_one();
@@ -596,6 +685,8 @@ impl Writer {
         }
         let seg_bytes = self.shared.options.segment_bytes;
         let mut moved = 0u64;
+        // (vhost, queue) → copied ids with the delivered flag.
+        let mut flagged: BTreeMap<(&str, &str), Vec<MessageId>> = BTreeMap::new();
         for raw in &records {
             let Ok(Record::Publish {
                 id,
@@ -609,14 +700,20 @@ impl Writer {
             else {
                 continue;
             };
-            let keep: Vec<&str> = match st.queues.get(vhost) {
-                Some(v) => queues
-                    .iter()
-                    .copied()
-                    .filter(|q| v.get(*q).and_then(|m| m.get(&id)) == Some(&n))
-                    .collect(),
-                None => continue,
+            let mut keep: Vec<&str> = Vec::new();
+            let Some(v) = st.queues.get(vhost) else {
+                continue;
             };
+            for q in queues.iter().copied() {
+                if let Some(slot) = v.get(q).and_then(|m| m.get(&id)) {
+                    if slot.seg() == n {
+                        keep.push(q);
+                        if slot.delivered() {
+                            flagged.entry((vhost, q)).or_default().push(id);
+                        }
+                    }
+                }
+            }
             if keep.is_empty() {
                 continue;
             }
@@ -642,6 +739,14 @@ impl Writer {
             let seg = st.cur_seg;
             st.apply_publish(seg, id, vhost, keep.iter().copied());
             moved += keep.len() as u64;
+        }
+        // The copies keep their flags (the index kept them; this puts them on
+        // disk next to the copies, in the same write batch).
+        for ((vhost, queue), ids) in flagged {
+            let len = segment::delivered_len(vhost, queue, ids.len());
+            segment::encode_delivered(st.buffer_for(len, seg_bytes), vhost, queue, &ids);
+            let seg = st.cur_seg;
+            st.apply_delivered(seg, vhost, queue, &ids);
         }
         tracing::debug!(path = %path.display(), moved, "compacted message segment");
         st.reclaim_due = true;
@@ -672,6 +777,9 @@ struct PubData {
     body: Bytes,
 }
 
+/// vhost → queue → id → (message, delivered flag), while replaying.
+type ReplayData = HashMap<String, HashMap<String, BTreeMap<MessageId, (Rc<PubData>, bool)>>>;
+
 /// Replays every segment in `dir` in order. The writer will start a new
 /// segment after the last one found.
 pub(super) fn replay(dir: &Path) -> Result<Replayed, StoreError> {
@@ -693,9 +801,7 @@ pub(super) fn replay(dir: &Path) -> Result<Replayed, StoreError> {
     numbers.sort_unstable();
     let last = numbers.last().copied().unwrap_or(0);
     let mut state = State::new(last + 1);
-    // vhost → queue → id → message
-    let mut data: HashMap<String, HashMap<String, BTreeMap<MessageId, Rc<PubData>>>> =
-        HashMap::new();
+    let mut data: ReplayData = HashMap::new();
     let mut max_id = 0u64;
     let mut disk_bytes = 0u64;
     for &n in &numbers {
@@ -756,7 +862,12 @@ pub(super) fn replay(dir: &Path) -> Result<Replayed, StoreError> {
                     });
                     let v = data.entry(vhost.to_string()).or_default();
                     for q in &queues {
-                        v.entry(q.to_string()).or_default().insert(id, msg.clone());
+                        // A compaction copy keeps the flag of the original.
+                        v.entry(q.to_string())
+                            .or_default()
+                            .entry(id)
+                            .and_modify(|e| e.0 = msg.clone())
+                            .or_insert_with(|| (msg.clone(), false));
                     }
                     state.apply_publish(n, id, vhost, queues.into_iter());
                 }
@@ -777,6 +888,16 @@ pub(super) fn replay(dir: &Path) -> Result<Replayed, StoreError> {
                     }
                     state.apply_remove_queue(n, vhost, queue);
                 }
+                Record::Delivered { vhost, queue, ids } => {
+                    if let Some(qd) = data.get_mut(vhost).and_then(|v| v.get_mut(queue)) {
+                        for id in &ids {
+                            if let Some(e) = qd.get_mut(id) {
+                                e.1 = true;
+                            }
+                        }
+                    }
+                    state.apply_delivered(n, vhost, queue, &ids);
+                }
             }
         }
     }
@@ -787,10 +908,11 @@ pub(super) fn replay(dir: &Path) -> Result<Replayed, StoreError> {
         for (queue, msgs) in queues {
             // Ordered by id: publish order per publishing channel, and stable
             // under compaction (which moves records but keeps their ids).
-            for (id, d) in msgs {
+            for (id, (d, delivered)) in msgs {
                 recovered.push(RecoveredMessage {
                     vhost: vhost.clone(),
                     queue: queue.clone(),
+                    redelivered: delivered,
                     message: Message {
                         id,
                         exchange: d.exchange.clone(),

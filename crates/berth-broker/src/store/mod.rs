@@ -1,5 +1,5 @@
 //! Persistence. Two logs in the data directory:
-//! - `messages/`: segment files of publish and remove records for persistent
+//! - `messages/`: segment files of publish, delivered and remove records for persistent
 //!   messages in durable queues ([`segment`] has the record format), written by
 //!   one writer thread with group commit: publishers append encoded records to a
 //!   shared pending buffer and get a [`WriteTicket`]; the writer swaps the buffer
@@ -49,6 +49,9 @@ pub struct RecoveredMessage {
     pub vhost: String,
     pub queue: String,
     pub message: Message,
+    /// It had been delivered to a consumer that acks (or basic.get without
+    /// no-ack) and was not acked: it comes back with redelivered=true.
+    pub redelivered: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +162,9 @@ impl MessageLog for Store {
     }
     fn remove_queue(&self, vhost: &str, queue: &str) {
         self.shared.remove_queue(vhost, queue)
+    }
+    fn delivered(&self, vhost: &str, queue: &str, ids: &[MessageId]) {
+        self.shared.delivered(vhost, queue, ids)
     }
     fn synced(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.synced.subscribe()

@@ -13,6 +13,9 @@
 pub const REC_PUBLISH: u8 = 1;
 pub const REC_REMOVE: u8 = 2;
 pub const REC_REMOVE_QUEUE: u8 = 3;
+/// Messages handed to a consumer that acks (or basic.get without no-ack): they
+/// come back with redelivered=true after a restart, as in RabbitMQ.
+pub const REC_DELIVERED: u8 = 4;
 
 /// Length + CRC.
 pub const HEADER_LEN: usize = 8;
@@ -138,7 +141,20 @@ pub fn remove_len(vhost: &str, queue: &str, ids: usize) -> usize {
 }
 
 pub fn encode_remove(out: &mut Vec<u8>, vhost: &str, queue: &str, ids: &[u64]) {
-    let start = begin_record(out, REC_REMOVE);
+    encode_ids(out, REC_REMOVE, vhost, queue, ids)
+}
+
+/// A delivered record has the layout of a remove record.
+pub fn delivered_len(vhost: &str, queue: &str, ids: usize) -> usize {
+    remove_len(vhost, queue, ids)
+}
+
+pub fn encode_delivered(out: &mut Vec<u8>, vhost: &str, queue: &str, ids: &[u64]) {
+    encode_ids(out, REC_DELIVERED, vhost, queue, ids)
+}
+
+fn encode_ids(out: &mut Vec<u8>, kind: u8, vhost: &str, queue: &str, ids: &[u64]) {
+    let start = begin_record(out, kind);
     put_str(out, vhost);
     put_str(out, queue);
     put_u32(out, ids.len() as u32);
@@ -179,6 +195,11 @@ pub enum Record<'a> {
     RemoveQueue {
         vhost: &'a str,
         queue: &'a str,
+    },
+    Delivered {
+        vhost: &'a str,
+        queue: &'a str,
+        ids: Vec<u64>,
     },
 }
 
@@ -260,7 +281,7 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Record<'_>, String> {
                 body,
             }
         }
-        REC_REMOVE => {
+        REC_REMOVE | REC_DELIVERED => {
             let vhost = r.str()?;
             let queue = r.str()?;
             let n = r.u32()? as usize;
@@ -271,7 +292,11 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Record<'_>, String> {
             for _ in 0..n {
                 ids.push(r.u64()?);
             }
-            Record::Remove { vhost, queue, ids }
+            if kind == REC_REMOVE {
+                Record::Remove { vhost, queue, ids }
+            } else {
+                Record::Delivered { vhost, queue, ids }
+            }
         }
         REC_REMOVE_QUEUE => {
             let vhost = r.str()?;
@@ -401,10 +426,13 @@ mod tests {
         let l2 = buf.len();
         encode_remove_queue(&mut buf, "v", "bb");
         assert_eq!(buf.len() - l2, remove_queue_len("v", "bb"));
+        let l3 = buf.len();
+        encode_delivered(&mut buf, "v", "bb", &[9, 10, 11]);
+        assert_eq!(buf.len() - l3, delivered_len("v", "bb", 3));
         seal_records(&mut buf);
         let (recs, bad) = scan(&buf);
         assert!(bad.is_none());
-        assert_eq!(recs.len(), 3);
+        assert_eq!(recs.len(), 4);
         assert_eq!(
             decode(recs[0].kind, recs[0].payload).unwrap(),
             Record::Publish {
@@ -432,6 +460,14 @@ mod tests {
                 queue: "bb"
             }
         );
+        assert_eq!(
+            decode(recs[3].kind, recs[3].payload).unwrap(),
+            Record::Delivered {
+                vhost: "v",
+                queue: "bb",
+                ids: vec![9, 10, 11]
+            }
+        );
         assert_eq!(recs[1].offset, l1 as u64);
     }
 
@@ -448,7 +484,7 @@ mod tests {
 
     #[test]
     fn garbage_payload_does_not_panic() {
-        for kind in 0..5u8 {
+        for kind in 0..6u8 {
             for len in 0..40usize {
                 let payload: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
                 let _ = decode(kind, &payload);

@@ -509,6 +509,8 @@ fn random_operations_match_a_model_across_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = XorShift(0x9e3779b97f4a7c15);
     let mut model: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
+    // Live messages flagged delivered.
+    let mut delivered: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
     let queues = ["a", "b", "c", "d"];
     for round in 0..6 {
         let (store, rec) = Store::open(dir.path(), opts(1500)).unwrap();
@@ -518,8 +520,14 @@ fn random_operations_match_a_model_across_reopens() {
             .collect();
         model.retain(|_, v| !v.is_empty());
         assert_eq!(got, model, "round {round}");
+        let got_flags: BTreeMap<(String, String), BTreeSet<u64>> = flagged(&rec)
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect();
+        delivered.retain(|_, v| !v.is_empty());
+        assert_eq!(got_flags, delivered, "round {round}");
         for _ in 0..400 {
-            match rng.below(10) {
+            match rng.below(12) {
                 0..=4 => {
                     let id = store.next_id();
                     let n = 1 + rng.below(2) as usize;
@@ -546,14 +554,37 @@ fn random_operations_match_a_model_across_reopens() {
                         store.remove("/", q, &take);
                         for id in take {
                             model.entry(key("/", q)).or_default().remove(&id);
+                            delivered.entry(key("/", q)).or_default().remove(&id);
                         }
                     }
+                }
+                9..=10 => {
+                    // Some live ids, sometimes one that is gone (ignored).
+                    let q = queues[rng.below(4) as usize];
+                    let live: Vec<u64> = model
+                        .get(&key("/", q))
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default();
+                    let mut ids: Vec<u64> = (0..rng.below(4))
+                        .filter(|_| !live.is_empty())
+                        .map(|_| live[rng.below(live.len() as u64) as usize])
+                        .collect();
+                    if rng.below(3) == 0 {
+                        ids.push(1 + rng.below(store.next_id()));
+                    }
+                    store.delivered("/", q, &ids);
+                    let live: BTreeSet<u64> = live.into_iter().collect();
+                    delivered
+                        .entry(key("/", q))
+                        .or_default()
+                        .extend(ids.into_iter().filter(|id| live.contains(id)));
                 }
                 _ => {
                     if rng.below(4) == 0 {
                         let q = queues[rng.below(4) as usize];
                         store.remove_queue("/", q);
                         model.remove(&key("/", q));
+                        delivered.remove(&key("/", q));
                     }
                 }
             }
@@ -908,4 +939,147 @@ fn apply_meta_op_upserts_and_cascades() {
         },
     );
     assert!(d.policies.is_empty());
+}
+
+/// vhost/queue → ids recovered with redelivered=true.
+fn flagged(recovered: &[RecoveredMessage]) -> BTreeMap<(String, String), Vec<u64>> {
+    let mut out: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for r in recovered.iter().filter(|r| r.redelivered) {
+        out.entry((r.vhost.clone(), r.queue.clone()))
+            .or_default()
+            .push(r.message.id);
+    }
+    for v in out.values_mut() {
+        v.sort_unstable();
+    }
+    out
+}
+
+#[test]
+fn delivered_flag_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+        store.publish("/", &["q1", "q2"], &msg(1, b"one"));
+        store.publish("/", &["q1"], &msg(2, b"two"));
+        store.publish("/", &["q1"], &msg(3, b"three"));
+        // Flagged in q1 only; the flag is per queue.
+        store.delivered("/", "q1", &[1, 3]);
+        // Flagging again, unknown ids and unknown queues write nothing.
+        store.delivered("/", "q1", &[1]);
+        store.delivered("/", "q1", &[99]);
+        store.delivered("/", "nope", &[1]);
+        // A delivered and then removed message stays removed.
+        store.remove("/", "q1", &[3]);
+        // A delivery recorded after the removal does not bring it back.
+        store.delivered("/", "q1", &[3]);
+        let t = store.publish("/", &["q3"], &msg(4, b"four"));
+        wait_synced(&store, t);
+        store.close();
+    }
+    let (store, rec) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    let q = by_queue(&rec);
+    assert_eq!(q[&key("/", "q1")], vec![1, 2]);
+    assert_eq!(q[&key("/", "q2")], vec![1]);
+    assert_eq!(q[&key("/", "q3")], vec![4]);
+    assert_eq!(q.len(), 3);
+    let mut expect = BTreeMap::new();
+    expect.insert(key("/", "q1"), vec![1]);
+    assert_eq!(flagged(&rec), expect);
+    // The flag survives a second reopen, and new deliveries add to it.
+    store.delivered("/", "q2", &[1]);
+    store.close();
+    drop(store);
+    let (_store, rec) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    expect.insert(key("/", "q2"), vec![1]);
+    assert_eq!(flagged(&rec), expect);
+}
+
+#[test]
+fn delivered_flag_survives_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts(4096)).unwrap();
+    let mut t = WriteTicket(0);
+    for id in 1..=40 {
+        t = store.publish("/", &["q", "r"], &msg(id, &[id as u8; 150]));
+    }
+    // 1 and 2 stay in q (first segment); 1 was delivered from q, 2 from r only.
+    store.delivered("/", "q", &[1]);
+    store.delivered("/", "r", &[2]);
+    wait_synced(&store, t);
+    let first = segments(dir.path())[0].clone();
+    store.remove("/", "r", &(1..=40).collect::<Vec<_>>());
+    store.remove("/", "q", &(3..=40).collect::<Vec<_>>());
+    let t = store.publish("/", &["q"], &msg(41, b"later"));
+    wait_synced(&store, t);
+    wait_until("first segment compacted away", || !first.exists());
+    // Churn until every segment older than the copies is gone, so the flag
+    // can only come from the record compaction wrote.
+    let mut next = 42;
+    let before: BTreeSet<PathBuf> = segments(dir.path()).into_iter().collect();
+    wait_until("old segments reclaimed", || {
+        let t = store.publish("/", &["churn"], &msg(next, &[0; 500]));
+        store.remove("/", "churn", &[next]);
+        next += 1;
+        wait_synced(&store, t);
+        let now: BTreeSet<PathBuf> = segments(dir.path()).into_iter().collect();
+        before.iter().filter(|p| now.contains(*p)).count() <= 1
+    });
+    store.close();
+    drop(store);
+    let (_store, rec) = Store::open(dir.path(), opts(4096)).unwrap();
+    let q = by_queue(&rec);
+    assert_eq!(q.get(&key("/", "q")), Some(&vec![1, 2, 41]));
+    assert_eq!(q.len(), 1);
+    let mut expect = BTreeMap::new();
+    expect.insert(key("/", "q"), vec![1]);
+    assert_eq!(flagged(&rec), expect);
+}
+
+#[test]
+fn delivered_records_keep_their_segment_while_the_message_lives() {
+    // Message 1 pins segment 1 and is flagged by a record in a later segment
+    // whose own messages are all gone: that later segment must survive, or the
+    // flag would be lost; once message 1 is acked everything can go.
+    let dir = tempfile::tempdir().unwrap();
+    let segs = 1024;
+    let mut next = 2;
+    {
+        let (store, _) = Store::open(dir.path(), opts(segs)).unwrap();
+        store.publish("/", &["keep"], &msg(1, &[0; 100]));
+        for _ in 0..20 {
+            store.publish("/", &["churn"], &msg(next, &[0; 100]));
+            store.remove("/", "churn", &[next]);
+            next += 1;
+        }
+        store.delivered("/", "keep", &[1]);
+        for _ in 0..30 {
+            store.publish("/", &["churn"], &msg(next, &[0; 100]));
+            store.remove("/", "churn", &[next]);
+            next += 1;
+        }
+        let t = store.publish("/", &["last"], &msg(next, b"x"));
+        next += 1;
+        wait_synced(&store, t);
+        store.close();
+    }
+    let (store, rec) = Store::open(dir.path(), opts(segs)).unwrap();
+    let mut expect = BTreeMap::new();
+    expect.insert(key("/", "keep"), vec![1]);
+    assert_eq!(flagged(&rec), expect);
+    assert_eq!(by_queue(&rec).len(), 2);
+    // Acked: the flag's segment no longer matters and reclaiming catches up.
+    store.remove("/", "keep", &[1]);
+    store.remove("/", "last", &[next - 1]);
+    let t = store.publish("/", &["after"], &msg(next, b"y"));
+    wait_synced(&store, t);
+    wait_until("segments reclaimed", || segments(dir.path()).len() <= 2);
+    store.close();
+    drop(store);
+    let (_store, rec) = Store::open(dir.path(), opts(segs)).unwrap();
+    assert_eq!(
+        by_queue(&rec).into_keys().collect::<Vec<_>>(),
+        vec![key("/", "after")]
+    );
+    assert!(flagged(&rec).is_empty());
 }
