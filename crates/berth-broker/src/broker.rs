@@ -78,9 +78,18 @@ impl Broker {
                     let store = Arc::new(store);
                     (store.clone(), Arc::new(meta), Some(store), defs, recovered)
                 }
-                None => (Arc::new(MemoryLog::default()), Arc::new(MemoryMeta), None, Definitions::default(), Vec::new()),
+                None => (
+                    Arc::new(MemoryLog::default()),
+                    Arc::new(MemoryMeta),
+                    None,
+                    Definitions::default(),
+                    Vec::new(),
+                ),
             };
-        let replaying = Arc::new(MutableMeta { inner: meta, muted: AtomicBool::new(true) });
+        let replaying = Arc::new(MutableMeta {
+            inner: meta,
+            muted: AtomicBool::new(true),
+        });
         let flow = Flow::new(config.memory_high_watermark, config.disk_free_limit);
         let loopback_users = vec![config.default_user.0.clone()];
         let broker = Arc::new(Broker {
@@ -105,7 +114,9 @@ impl Broker {
                     vhost.restore_message(&m.queue, m.message, m.redelivered, now);
                     restored += 1;
                 }
-                None => tracing::warn!(vhost = %m.vhost, queue = %m.queue, "recovered message for a missing vhost dropped"),
+                None => {
+                    tracing::warn!(vhost = %m.vhost, queue = %m.queue, "recovered message for a missing vhost dropped")
+                }
             }
         }
         broker.replaying.muted.store(false, Ordering::Release);
@@ -120,7 +131,11 @@ impl Broker {
 
     /// A broker that keeps nothing on disk, with `/` and guest/guest (tests, fuzzing).
     pub fn in_memory() -> Arc<Broker> {
-        let config = BrokerConfig { listen: None, data_dir: None, ..BrokerConfig::default() };
+        let config = BrokerConfig {
+            listen: None,
+            data_dir: None,
+            ..BrokerConfig::default()
+        };
         // Cannot fail without a data directory: nothing is read.
         match Broker::open(config) {
             Ok(b) => b,
@@ -157,13 +172,17 @@ impl Broker {
 
     pub fn add_vhost(&self, name: &str) -> Result<Arc<Vhost>, BrokerError> {
         if name.is_empty() || name.len() > 255 {
-            return Err(BrokerError::Invalid(format!("vhost name '{name}' must be 1 to 255 bytes")));
+            return Err(BrokerError::Invalid(format!(
+                "vhost name '{name}' must be 1 to 255 bytes"
+            )));
         }
         let mut vhosts = self.vhosts.write();
         if let Some(v) = vhosts.get(name) {
             return Ok(v.clone());
         }
-        self.meta.append(&MetaOp::PutVhost(VhostDef { name: name.to_string() }))?;
+        self.meta.append(&MetaOp::PutVhost(VhostDef {
+            name: name.to_string(),
+        }))?;
         let vhost = Vhost::new(name, self.log.clone(), self.meta.clone());
         vhosts.insert(name.to_string(), vhost.clone());
         Ok(vhost)
@@ -171,12 +190,17 @@ impl Broker {
 
     /// Deletes a vhost with everything in it; its connections are closed.
     pub fn delete_vhost(&self, name: &str) -> Result<(), BrokerError> {
-        let vhost = self.vhost(name).ok_or_else(|| BrokerError::NoVhost(name.to_string()))?;
-        self.meta.append(&MetaOp::DeleteVhost { name: name.to_string() })?;
+        let vhost = self
+            .vhost(name)
+            .ok_or_else(|| BrokerError::NoVhost(name.to_string()))?;
+        self.meta.append(&MetaOp::DeleteVhost {
+            name: name.to_string(),
+        })?;
         self.vhosts.write().remove(name);
         for conn in self.registry.connections() {
             if conn.vhost == name {
-                self.registry.close(&conn.name, &format!("vhost '{name}' is deleted"));
+                self.registry
+                    .close(&conn.name, &format!("vhost '{name}' is deleted"));
             }
         }
         for queue in vhost.queues() {
@@ -191,10 +215,19 @@ impl Broker {
     }
 
     /// Adds or updates a user; `password` None keeps the old hash (or none: cannot log in).
-    pub fn put_user(&self, name: &str, password: Option<&str>, tags: Vec<String>) -> Result<(), BrokerError> {
+    pub fn put_user(
+        &self,
+        name: &str,
+        password: Option<&str>,
+        tags: Vec<String>,
+    ) -> Result<(), BrokerError> {
         let password_hash = match password {
             Some(p) => crate::auth::password::hash(p),
-            None => self.users.get(name).map(|u| u.password_hash).unwrap_or_default(),
+            None => self
+                .users
+                .get(name)
+                .map(|u| u.password_hash)
+                .unwrap_or_default(),
         };
         self.put_user_def(UserDef {
             name: name.to_string(),
@@ -218,11 +251,14 @@ impl Broker {
         if self.users.get(name).is_none() {
             return Err(BrokerError::NoUser(name.to_string()));
         }
-        self.meta.append(&MetaOp::DeleteUser { name: name.to_string() })?;
+        self.meta.append(&MetaOp::DeleteUser {
+            name: name.to_string(),
+        })?;
         self.users.delete(name);
         for conn in self.registry.connections() {
             if conn.user == name {
-                self.registry.close(&conn.name, &format!("user '{name}' is deleted"));
+                self.registry
+                    .close(&conn.name, &format!("user '{name}' is deleted"));
             }
         }
         Ok(())
@@ -242,7 +278,10 @@ impl Broker {
     }
 
     pub fn clear_permission(&self, user: &str, vhost: &str) -> Result<(), BrokerError> {
-        self.meta.append(&MetaOp::DeletePermission { user: user.to_string(), vhost: vhost.to_string() })?;
+        self.meta.append(&MetaOp::DeletePermission {
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+        })?;
         self.users.clear_permission(user, vhost);
         Ok(())
     }
@@ -279,7 +318,10 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Loads a PEM certificate chain and private key into a TLS acceptor.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use tokio_rustls::rustls;
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
         std::fs::File::open(cert).with_context(|| format!("{}", cert.display()))?,
@@ -294,22 +336,29 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
     ))
     .with_context(|| format!("{}: reading PEM private key", key.display()))?
     .ok_or_else(|| anyhow::anyhow!("{}: no private key found", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| format!("{}: certificate and key do not match", cert.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .with_context(|| format!("{}: certificate and key do not match", cert.display()))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{what} listener {addr}"))
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what} listener {addr}"))
 }
 
 /// Runs a broker until `shutdown` resolves: AMQP listeners, management API,
 /// periodic ticks (TTL, x-expires) and alarm measurement.
-pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: BrokerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let tls_acceptor = match (&config.tls_listen, &config.cert, &config.key) {
         (Some(_), Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         (Some(addr), _, _) => anyhow::bail!("--tls-listen {addr} needs --cert and --key"),
@@ -328,15 +377,25 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
         None => None,
     };
     let broker = tokio::task::block_in_place(|| Broker::open(config.clone()))?;
-    for (what, addr) in [("amqp", config.listen), ("amqps", config.tls_listen), ("management", config.management)] {
+    for (what, addr) in [
+        ("amqp", config.listen),
+        ("amqps", config.tls_listen),
+        ("management", config.management),
+    ] {
         if let Some(addr) = addr {
             tracing::info!(%addr, "broker {what} listening");
         }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ticker = tokio::spawn(housekeeping(broker.clone(), stop_rx.clone()));
-    let amqp = tokio::spawn(crate::server::serve(broker.clone(), plain, tls, stop_rx.clone()));
-    let mgmt = management.map(|l| tokio::spawn(crate::mgmt::serve(broker.clone(), l, stop_rx.clone())));
+    let amqp = tokio::spawn(crate::server::serve(
+        broker.clone(),
+        plain,
+        tls,
+        stop_rx.clone(),
+    ));
+    let mgmt =
+        management.map(|l| tokio::spawn(crate::mgmt::serve(broker.clone(), l, stop_rx.clone())));
     shutdown.await;
     tracing::info!("broker shutting down");
     let _ = stop_tx.send(true);
@@ -354,20 +413,27 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
     Ok(())
 }
 
-/// TTL expiry and x-expires every 100 ms; memory and disk alarms every second.
+/// Memory and disk alarms every 50 ms (a publisher at full speed adds
+/// ~100 MB/s, so a slower check overshoots the watermark by that much; one
+/// check reads /proc/self/status and statvfs, tens of microseconds); TTL
+/// expiry and x-expires every 100 ms.
 async fn housekeeping(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    let mut interval = tokio::time::interval(Duration::from_millis(50));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let data_dir = broker.config.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let data_dir = broker
+        .config
+        .data_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
     let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.changed() => return,
         }
-        broker.tick();
-        if n.is_multiple_of(10) {
-            broker.flow.measure(&data_dir);
+        broker.flow.measure(&data_dir);
+        if n.is_multiple_of(2) {
+            broker.tick();
         }
         n += 1;
     }

@@ -36,12 +36,18 @@ impl Message {
     /// The per-message TTL from the expiration property, in milliseconds. `None`
     /// when absent or not a non-negative integer (RabbitMQ rejects those at publish).
     pub fn expiration_ms(&self) -> Option<u64> {
-        self.properties.expiration().as_ref().and_then(|e| e.as_str().parse().ok())
+        self.properties
+            .expiration()
+            .as_ref()
+            .and_then(|e| e.as_str().parse().ok())
     }
 
     /// A header value, if the message has headers.
     pub fn header(&self, key: &str) -> Option<&AMQPValue> {
-        self.properties.headers().as_ref().and_then(|h| h.inner().get(key))
+        self.properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(key))
     }
 
     /// Bytes counted against x-max-length-bytes and memory (body only, like RabbitMQ).
@@ -105,7 +111,10 @@ pub struct MemoryLog {
 
 impl Default for MemoryLog {
     fn default() -> Self {
-        Self { next: std::sync::atomic::AtomicU64::new(1), synced: tokio::sync::watch::Sender::new(u64::MAX) }
+        Self {
+            next: std::sync::atomic::AtomicU64::new(1),
+            synced: tokio::sync::watch::Sender::new(u64::MAX),
+        }
     }
 }
 

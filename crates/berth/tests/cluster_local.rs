@@ -687,12 +687,18 @@ fn berth_up_runs_command_and_container_jobs() {
 
     // The embedded broker answers an AMQP 0-9-1 header with connection.start
     // (a method frame on channel 0: class 10, method 10).
-    let mut amqp = std::net::TcpStream::connect(("127.0.0.1", up.broker_port)).expect("broker port");
-    amqp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut amqp =
+        std::net::TcpStream::connect(("127.0.0.1", up.broker_port)).expect("broker port");
+    amqp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     std::io::Write::write_all(&mut amqp, b"AMQP\x00\x00\x09\x01").expect("header");
     let mut head = [0u8; 11];
     std::io::Read::read_exact(&mut amqp, &mut head).expect("connection.start");
-    assert_eq!((head[0], &head[7..11]), (1, &[0u8, 10, 0, 10][..]), "{head:?}");
+    assert_eq!(
+        (head[0], &head[7..11]),
+        (1, &[0u8, 10, 0, 10][..]),
+        "{head:?}"
+    );
 }
 
 /// The paper's example with role b's job submitted a moment after role

@@ -371,35 +371,7 @@ pub fn effective_queue_config(args: &FieldTable, policy: Option<&JsonMap>) -> Qu
 
 /// An AMQP field table as JSON (the definitions file's and management API's form).
 pub fn table_to_json(table: &FieldTable) -> JsonMap {
-    table
-        .inner()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), value_to_json(v)))
-        .collect()
-}
-
-fn value_to_json(v: &AMQPValue) -> serde_json::Value {
-    use serde_json::Value;
-    if let Some(n) = as_int(v) {
-        return Value::from(n);
-    }
-    match v {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::Float(f) => Value::from(f64::from(*f)),
-        AMQPValue::Double(f) => Value::from(*f),
-        AMQPValue::DecimalValue(d) => {
-            Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => {
-            Value::String(as_string(v).unwrap_or_default())
-        }
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
-        AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
-        AMQPValue::ByteArray(b) => {
-            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
-        }
-        _ => Value::Null,
-    }
+    crate::definitions::field_table_to_json(table)
 }
 
 /// Parses a server-side string argument value into a long string.

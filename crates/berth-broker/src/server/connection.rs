@@ -159,30 +159,7 @@ fn int_arg(v: &AMQPValue) -> Option<i64> {
 
 /// A field table as JSON (client properties in listings).
 pub fn table_to_json(t: &FieldTable) -> crate::definitions::JsonMap {
-    t.inner()
-        .iter()
-        .map(|(k, v)| (k.to_string(), value_to_json(v)))
-        .collect()
-}
-
-fn value_to_json(v: &AMQPValue) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::Float(f) => serde_json::json!(f),
-        AMQPValue::Double(f) => serde_json::json!(f),
-        AMQPValue::ShortString(s) => Value::String(s.to_string()),
-        AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
-        AMQPValue::Void => Value::Null,
-        other => match int_arg(other) {
-            Some(i) => serde_json::json!(i),
-            None => Value::String(format!("{other:?}")),
-        },
-    }
+    crate::definitions::field_table_to_json(t)
 }
 
 fn capability(props: &FieldTable, name: &str) -> bool {
