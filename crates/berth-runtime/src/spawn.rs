@@ -423,13 +423,13 @@ pub fn spawn_container(
     })();
     let arg0 = spec.args.first().map(String::as_str).unwrap_or("");
     if let Err(e) = plumbing {
-        // The child may have failed (and closed the sync pipe: EPIPE) before
-        // we signalled it, e.g. an unknown USER: its own report says why.
-        // Only then is reading the report safe: a live child would block it.
-        // It may also have exited before we opened its network namespace:
-        // then it is a zombie until we reap it.
-        let child_gone = matches!(&e, RuntimeError::Sys { source, .. } if source.raw_os_error() == Some(libc::EPIPE))
-            || is_zombie(pid);
+        // The child may have failed before we signalled it, e.g. an unknown
+        // USER: its own report says why. It writes that report before it
+        // exits, and its namespaces are torn down during the exit (before it
+        // is a zombie), so a plumbing error caused by its death always finds
+        // the report already in the pipe. Reading is safe only then: a live
+        // child would block the read.
+        let child_gone = report_ready(&report_r);
         if child_gone {
             if let Err(report) = await_exec(
                 report_r,
@@ -460,13 +460,16 @@ pub fn spawn_container(
     })
 }
 
-/// Whether `pid` (our child) has exited and waits to be reaped.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "Z"))
-        })
-        .unwrap_or(false)
+/// Whether the child's report pipe holds a report or EOF, i.e. whether a
+/// read would return at once. Waits up to 50 ms for a child that is
+/// between writing its report and closing the pipe.
+fn report_ready(report: &OwnedFd) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: report.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd, the length matches.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) };
+    n > 0 && fds[0].revents & (libc::POLLIN | libc::POLLHUP) != 0
 }
