@@ -30,6 +30,9 @@ pub struct Broker {
     store: Option<Arc<Store>>,
     /// Muted while replaying the metadata log at start, so replay does not log again.
     replaying: Arc<MutableMeta>,
+    /// Held while the broker lives: two brokers on one data directory would
+    /// interleave their logs and lose messages.
+    _dir_lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 /// The metadata log, silenced during replay.
@@ -69,10 +72,16 @@ impl Broker {
     /// metadata and persistent messages, and creates `/` and the default user on
     /// first start.
     pub fn open(config: BrokerConfig) -> anyhow::Result<Arc<Broker>> {
+        let dir_lock = match &config.data_dir {
+            Some(dir) => {
+                create_private_dir(dir)?;
+                Some(lock_data_dir(dir)?)
+            }
+            None => None,
+        };
         let (log, meta, store, defs, recovered): (Arc<dyn MessageLog>, Arc<dyn MetaLog>, _, _, _) =
             match &config.data_dir {
                 Some(dir) => {
-                    create_private_dir(dir)?;
                     let (store, recovered) = Store::open(dir, StoreOptions::default())?;
                     let (meta, defs) = MetaStore::open(dir)?;
                     let store = Arc::new(store);
@@ -103,6 +112,7 @@ impl Broker {
             store,
             replaying,
             config,
+            _dir_lock: dir_lock,
         });
         let fresh = defs.vhosts.is_empty() && defs.users.is_empty();
         crate::definitions::import(&broker, &defs).context("replaying the metadata log")?;
@@ -317,6 +327,24 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating broker data directory {}", dir.display()))
 }
 
+/// Takes `DIR/lock` exclusively, or says which directory is in use.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "broker data directory {} is in use by another broker (lock {} is held)",
+            dir.display(),
+            path.display()
+        )
+    })
+}
+
 /// Loads a PEM certificate chain and private key into a TLS acceptor.
 pub fn tls_acceptor(
     cert: &std::path::Path,
@@ -436,5 +464,29 @@ async fn housekeeping(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receive
             broker.tick();
         }
         n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_serves_one_broker_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || BrokerConfig {
+            listen: None,
+            data_dir: Some(dir.path().to_path_buf()),
+            ..BrokerConfig::default()
+        };
+        let first = Broker::open(config()).unwrap();
+        let err = Broker::open(config()).err().expect("second open must fail");
+        assert!(
+            format!("{err:#}").contains("is in use by another broker"),
+            "{err:#}"
+        );
+        first.close();
+        drop(first);
+        Broker::open(config()).expect("the lock goes with the broker");
     }
 }
