@@ -12,7 +12,7 @@ cargo build --workspace --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace -- --test-threads=4 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast -- --test-threads=4 2>&1 | tee "$log" || status=$?
 # Sum every runner's counts (libtest's "test result:" lines and the runtime's
 # own harness line) into one closing line.
 passed=$(grep -Eo '(^|result: ok\. |result: FAILED\. )[0-9]+ passed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
