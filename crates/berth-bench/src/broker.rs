@@ -69,7 +69,7 @@ pub fn run(berth: &Path, o: Options) -> anyhow::Result<()> {
             o.connections
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // Rounds alternate between the brokers so that the shared machine's

@@ -305,6 +305,76 @@ fn handshake_and_bad_password() {
     });
 }
 
+/// Connects with the AMQPLAIN SASL mechanism (lapin's `AMQPUri` with
+/// `query.auth_mechanism`), as `user`/`pass` on vhost `/`.
+async fn connect_amqplain(b: &Broker, user: &str, pass: &str) -> lapin::Result<Connection> {
+    let mut uri: lapin::uri::AMQPUri = b.url().parse().expect("broker url");
+    uri.authority.userinfo.username = user.to_string();
+    uri.authority.userinfo.password = pass.to_string();
+    uri.query.auth_mechanism = Some(lapin::uri::SASLMechanism::AMQPlain);
+    Connection::connect_uri(uri, ConnectionProperties::default()).await
+}
+
+#[test]
+fn amqplain_login_with_lapin() {
+    let b = Broker::start();
+    // AMQPLAIN carries the credentials in a field table (LOGIN, PASSWORD as
+    // long strings): a password with spaces, ';', '=' and non-ASCII bytes
+    // must arrive intact.
+    let pass = "p4ss; w=rd é";
+    b.add_user("amqplain-user", pass, "");
+    b.set_permissions("/", "amqplain-user", ".*", ".*", ".*");
+    run(async {
+        for (user, pw) in [("guest", "guest"), ("amqplain-user", pass)] {
+            let c = connect_amqplain(&b, user, pw)
+                .await
+                .unwrap_or_else(|e| panic!("AMQPLAIN login as {user}: {e:?}"));
+            assert!(c.status().connected(), "{user} not connected");
+            let ch = chan(&c).await;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirm.select");
+            let q = format!("amqplain-{user}");
+            declare(&ch, &q, no_args()).await;
+            let conf = publish_confirmed(
+                &ch,
+                "",
+                &q,
+                format!("hello {user}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
+            assert!(conf.is_ack(), "publish as {user}: {conf:?}");
+            assert_eq!(
+                get(&ch, &q).await.as_deref(),
+                Some(format!("hello {user}").as_bytes()),
+                "message published as {user}"
+            );
+            assert_eq!(get(&ch, &q).await, None, "queue {q} not empty");
+            c.close(200, s("bye")).await.expect("close");
+        }
+        // A wrong password, and an unknown user, are refused with 403 at
+        // the handshake.
+        for (user, pw) in [
+            ("guest", "wrong"),
+            ("amqplain-user", "p4ss; w=rd e"),
+            ("nobody", "x"),
+        ] {
+            expect_err(
+                connect_amqplain(&b, user, pw).await.map(|_| ()),
+                403,
+                "ACCESS_REFUSED - Login was refused using authentication mechanism AMQPLAIN. For details see the broker logfile.",
+            );
+        }
+        // The refusals leave the broker serving AMQPLAIN logins.
+        let c = connect_amqplain(&b, "amqplain-user", pass)
+            .await
+            .expect("AMQPLAIN login after refusals");
+        let ch = chan(&c).await;
+        assert_eq!(depth(&ch, "amqplain-guest").await, 0);
+    });
+}
+
 #[test]
 fn users_vhosts_and_permissions() {
     let b = Broker::start();
@@ -1765,6 +1835,101 @@ fn max_length_drop_head_and_reject_publish() {
 }
 
 #[test]
+fn max_length_bytes_drop_head_and_reject_publish() {
+    let b = Broker::start();
+    run(async {
+        let c = conn(&b).await;
+        let ch = chan(&c).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm");
+        // Only bodies count toward x-max-length-bytes: a message with 1 KB
+        // of headers and a 4-byte body fits a 10-byte queue.
+        let big_headers =
+            BasicProperties::default().with_headers(args(&[("padding", text(&"h".repeat(1000)))]));
+
+        // drop-head (the default): the oldest messages go until the ready
+        // bodies fit; a queue exactly at the limit keeps everything.
+        declare(&ch, "mlb-dh", args(&[("x-max-length-bytes", long(10))])).await;
+        for m in ["aaaa", "bbbb", "cccc"] {
+            let conf =
+                publish_confirmed(&ch, "", "mlb-dh", m.as_bytes(), BasicProperties::default())
+                    .await;
+            assert!(conf.is_ack(), "drop-head publish {m}: {conf:?}");
+        }
+        assert_eq!(depth(&ch, "mlb-dh").await, 2);
+        let conf = publish_confirmed(&ch, "", "mlb-dh", b"dd", big_headers.clone()).await;
+        assert!(conf.is_ack(), "drop-head publish dd: {conf:?}");
+        assert_eq!(drain(&ch, "mlb-dh").await, vec!["bbbb", "cccc", "dd"]);
+        // A body larger than the limit on its own is dropped too (acked).
+        publish_confirmed(&ch, "", "mlb-dh", b"eeee", BasicProperties::default()).await;
+        let conf = publish_confirmed(
+            &ch,
+            "",
+            "mlb-dh",
+            b"0123456789X",
+            BasicProperties::default(),
+        )
+        .await;
+        assert!(conf.is_ack(), "drop-head oversized publish: {conf:?}");
+        assert_eq!(drain(&ch, "mlb-dh").await, Vec::<String>::new());
+
+        // reject-publish: the publish that would take the ready bodies over
+        // the limit is nacked and not enqueued; reaching it exactly is fine.
+        declare(
+            &ch,
+            "mlb-rp",
+            args(&[
+                ("x-max-length-bytes", long(10)),
+                ("x-overflow", text("reject-publish")),
+            ]),
+        )
+        .await;
+        let mut acks = Vec::new();
+        for (m, props) in [
+            ("aaaa", big_headers.clone()),
+            ("bbbb", BasicProperties::default()),
+            ("cccc", BasicProperties::default()),
+            ("dd", BasicProperties::default()),
+            ("e", BasicProperties::default()),
+        ] {
+            let conf = publish_confirmed(&ch, "", "mlb-rp", m.as_bytes(), props).await;
+            acks.push((m, conf.is_ack()));
+        }
+        assert_eq!(
+            acks,
+            vec![
+                ("aaaa", true),
+                ("bbbb", true),
+                ("cccc", false),
+                ("dd", true),
+                ("e", false)
+            ],
+            "acks (true) and nacks"
+        );
+        assert_eq!(depth(&ch, "mlb-rp").await, 3);
+        // Unacked bodies do not count: with "aaaa" fetched but not acked,
+        // 4 more bytes fit.
+        let held = ch
+            .basic_get(s("mlb-rp"), BasicGetOptions::default())
+            .await
+            .expect("get")
+            .expect("aaaa");
+        assert_eq!(held.delivery.data, b"aaaa");
+        let conf = publish_confirmed(&ch, "", "mlb-rp", b"ffff", BasicProperties::default()).await;
+        assert!(conf.is_ack(), "publish with 6 bytes ready: {conf:?}");
+        let conf = publish_confirmed(&ch, "", "mlb-rp", b"g", BasicProperties::default()).await;
+        assert!(!conf.is_ack(), "publish over the limit acked: {conf:?}");
+        held.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack aaaa");
+        assert_eq!(drain(&ch, "mlb-rp").await, vec!["bbbb", "dd", "ffff"]);
+    });
+}
+
+#[test]
 fn dead_lettering_with_x_death() {
     let b = Broker::start();
     run(async {
@@ -2345,6 +2510,83 @@ fn pika_tls() {
     pika(&b, "tls", &[b.tls_port.to_string(), ca]);
 }
 
+#[test]
+fn redelivered_after_kill9() {
+    // Three of four persistent messages are delivered to a consumer that
+    // never acks; after kill -9 and a restart those three come back with
+    // redelivered=true and their bodies, in order.
+    let mut b = Broker::start();
+    run(async {
+        let c = conn(&b).await;
+        let ch = chan(&c).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm");
+        ch.queue_declare(
+            s("rd"),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            no_args(),
+        )
+        .await
+        .expect("declare");
+        for i in 0..4 {
+            let conf =
+                publish_confirmed(&ch, "", "rd", format!("m{i}").as_bytes(), persistent()).await;
+            assert!(conf.is_ack(), "publish m{i}: {conf:?}");
+        }
+        let cch = chan(&c).await;
+        cch.basic_qos(3, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut cons = consume(&cch, "rd", "holder", BasicConsumeOptions::default()).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(body_str(&next(&mut cons, 3000).await.expect("delivery")));
+        }
+        assert_eq!(held, vec!["m0", "m1", "m2"]);
+        assert!(next(&mut cons, 200).await.is_none(), "prefetch 3 exceeded");
+        // berth queues the "delivered" records for its log writer without
+        // waiting for them (a publish confirm does wait; a delivery does
+        // not), so the client holding the deliveries does not mean they are
+        // on disk yet: give the writer a moment before the crash. A flag
+        // lost in a crash only costs a redelivered=false, never a message.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The consumer's connection is still open (deliveries unacked).
+        tokio::task::block_in_place(|| {
+            b.kill9();
+            b.start_again();
+        });
+        drop(cons);
+        let c = conn(&b).await;
+        let ch = chan(&c).await;
+        let mut back = Vec::new();
+        while let Some(m) = ch
+            .basic_get(s("rd"), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            back.push((body_str(&m.delivery), m.delivery.redelivered));
+        }
+        // RabbitMQ, recovering from a crash, flags every message
+        // redelivered, even m3 that was never delivered (the spec allows
+        // either); berth knows which ones it delivered.
+        let m3_redelivered = b.kind == Kind::RabbitMq;
+        assert_eq!(
+            back,
+            vec![
+                ("m0".to_string(), true),
+                ("m1".to_string(), true),
+                ("m2".to_string(), true),
+                ("m3".to_string(), m3_redelivered)
+            ],
+            "(body, redelivered) after kill -9"
+        );
+    });
+}
+
 // ------------------------------------------------------------- berth only
 
 #[test]
@@ -2775,6 +3017,110 @@ fn memory_alarm_blocks_publishers() {
             cc.status().connected(),
             "consumer connection must stay usable"
         );
+    });
+}
+
+#[test]
+fn disk_free_alarm_blocks_publishers() {
+    // Two messages are stored first; then the broker restarts with a
+    // disk-free limit (1 PB) above any disk's free space, so the disk alarm
+    // is on from the start: a publisher blocks at its first publish and
+    // its message is held, while a consumer on another connection still
+    // gets the stored messages.
+    let mut b = Broker::start();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    run(async {
+        let c = conn(&b).await;
+        let ch = chan(&c).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm");
+        ch.queue_declare(s("disk"), durable, no_args())
+            .await
+            .expect("declare");
+        for m in ["old1", "old2"] {
+            let conf = publish_confirmed(&ch, "", "disk", m.as_bytes(), persistent()).await;
+            assert!(conf.is_ack(), "publish {m}: {conf:?}");
+        }
+        c.close(200, s("bye")).await.expect("close");
+    });
+    b.restart_with(Opts {
+        disk_free_limit: Some(1_000_000_000_000_000),
+        ..Default::default()
+    });
+    if b.kind == Kind::Berth {
+        // The alarm is measured every 50 ms: wait until the health check
+        // reports it, so the publish below meets it for sure.
+        let mut last = (0, String::new());
+        let on = wait_until(Duration::from_secs(5), || {
+            last = b.api("GET", "/api/health/checks/alarms", "");
+            last.0 == 503
+        });
+        assert!(on, "no disk alarm reported: {last:?}");
+        let health: serde_json::Value = serde_json::from_str(&last.1).expect("health JSON");
+        assert_eq!(health["status"], "failed", "{health}");
+        assert_eq!(
+            health["reason"], "resource alarm(s) in effect: disk",
+            "{health}"
+        );
+        // The management API's publish is refused too.
+        let (st, text) = b.api(
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            r#"{"routing_key":"disk","payload":"via api","properties":{}}"#,
+        );
+        assert_eq!(st, 503, "publish over HTTP during the alarm: {text}");
+        assert!(text.contains("resource_alarm"), "{text}");
+    }
+    run(async {
+        let cc = step("consumer connect", conn(&b)).await;
+        let cch = step("consumer channel", chan(&cc)).await;
+        assert_eq!(step("depth", depth(&cch, "disk")).await, 2);
+        let pc = step("publisher connect", conn(&b)).await;
+        let mut events = pc.events_listener();
+        let pch = step("publisher channel", chan(&pc)).await;
+        step("publish", publish(&pch, "", "disk", b"new", persistent())).await;
+        let blocked = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(ev) = events.next().await {
+                if let lapin::Event::ConnectionBlocked(reason) = ev {
+                    return reason;
+                }
+            }
+            String::new()
+        })
+        .await
+        .expect("no connection.blocked within 10 s");
+        // RabbitMQ's text (rabbit_reader: "low on memory", "low on disk").
+        assert_eq!(blocked, "low on disk", "connection.blocked reason");
+        // The blocked publisher's message is held, not routed: the queue
+        // keeps its two stored messages for a second.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(1) {
+            let n = step("passive declare", depth(&cch, "disk")).await;
+            assert_eq!(n, 2, "blocked publish was routed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Consuming (and acking) goes on during the alarm.
+        let mut cons = consume(&cch, "disk", "drain", BasicConsumeOptions::default()).await;
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let d = next(&mut cons, 3000).await.expect("stored message");
+            got.push(body_str(&d));
+            d.acker
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack during the alarm");
+        }
+        assert_eq!(got, vec!["old1", "old2"]);
+        if let Some(d) = next(&mut cons, 300).await {
+            panic!("blocked publish was delivered: {:?}", body_str(&d));
+        }
+        assert_eq!(step("depth after acks", depth(&cch, "disk")).await, 0);
+        assert!(cc.status().connected(), "consumer connection closed");
+        assert!(pc.status().connected(), "blocked publisher was dropped");
     });
 }
 

@@ -98,7 +98,7 @@ impl Flow {
 /// The text of connection.blocked for an alarm.
 pub fn blocked_reason(alarm: &str) -> &'static str {
     match alarm {
-        "disk" => "low on disk space",
+        "disk" => "low on disk",
         _ => "low on memory",
     }
 }

@@ -98,6 +98,9 @@ pub struct Opts {
     pub tls: bool,
     /// berth's `--memory-high-watermark` in bytes.
     pub memory_high_watermark: Option<u64>,
+    /// berth's `--disk-free-limit` in bytes (RabbitMQ's
+    /// `disk_free_limit.absolute`).
+    pub disk_free_limit: Option<u64>,
 }
 
 /// The test's broker.
@@ -345,6 +348,9 @@ impl Broker {
         if let Some(w) = self.opts.memory_high_watermark {
             cmd.args(["--memory-high-watermark", &w.to_string()]);
         }
+        if let Some(d) = self.opts.disk_free_limit {
+            cmd.args(["--disk-free-limit", &d.to_string()]);
+        }
         cmd.env("BERTH_LOG", "info").env("NO_COLOR", "1");
         cmd
     }
@@ -366,6 +372,9 @@ impl Broker {
         }
         if let Some(w) = self.opts.memory_high_watermark {
             conf += &format!("vm_memory_high_watermark.absolute = {w}\n");
+        }
+        if let Some(d) = self.opts.disk_free_limit {
+            conf += &format!("disk_free_limit.absolute = {d}\n");
         }
         fs::write(d.join("rabbitmq.conf"), conf).expect("rabbitmq.conf");
         fs::write(d.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
@@ -436,6 +445,19 @@ impl Broker {
     /// Graceful stop and start on the same data dir and ports.
     pub fn restart(&mut self) {
         self.stop();
+        self.spawn();
+    }
+
+    /// Graceful stop and start on the same data dir and ports with other
+    /// options (the TLS listener, whose certificate is made at the first
+    /// start, cannot be switched on here).
+    pub fn restart_with(&mut self, opts: Opts) {
+        assert!(
+            !opts.tls || self.opts.tls,
+            "restart_with cannot add a TLS listener"
+        );
+        self.stop();
+        self.opts = opts;
         self.spawn();
     }
 
