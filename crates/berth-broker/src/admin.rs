@@ -361,18 +361,10 @@ pub fn overview(broker: &Broker) -> Overview {
     o
 }
 
-/// Totals of the queues' monotonic counters: (published, delivered). Queues
-/// that were deleted take their counts with them.
+/// Broker-wide (published, delivered) since the start: the queues' counters
+/// plus those of deleted queues and vhosts, so it never decreases.
 pub fn message_totals(broker: &Broker) -> (u64, u64) {
-    let mut t = (0, 0);
-    for v in broker.vhosts() {
-        for q in v.queues() {
-            let s = q.stats();
-            t.0 += s.published_total;
-            t.1 += s.delivered_total;
-        }
-    }
-    t
+    broker.message_totals()
 }
 
 #[cfg(test)]
@@ -427,6 +419,53 @@ mod tests {
         assert!(o.exchanges >= 6);
         assert_eq!(message_totals(&broker), (20, 0));
         assert!(queues(&broker, Some("nope")).is_empty());
+    }
+
+    #[test]
+    fn message_totals_survive_queue_and_vhost_deletion() {
+        let broker = Broker::in_memory();
+        let v = broker.add_vhost("other").unwrap();
+        let decl = |name: &str| crate::model::QueueDecl {
+            name: name.into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: Default::default(),
+        };
+        let root = broker.vhost("/").unwrap();
+        root.declare_queue(decl("a"), 1).unwrap();
+        v.declare_queue(decl("b"), 1).unwrap();
+        let msg = |rk: &str| crate::types::Message {
+            id: broker.log.next_id(),
+            exchange: String::new(),
+            routing_key: rk.into(),
+            properties: Default::default(),
+            body: bytes::Bytes::from_static(b"x"),
+        };
+        for _ in 0..3 {
+            root.publish("", msg("a"), 0).unwrap();
+            v.publish("", msg("b"), 0).unwrap();
+        }
+        v.queue_for("b", 1).unwrap().get(true, 0);
+        assert_eq!(message_totals(&broker), (6, 1));
+        root.delete_queue("a", false, false, 1).unwrap();
+        assert_eq!(message_totals(&broker), (6, 1), "queue deleted");
+        broker.delete_vhost("other").unwrap();
+        assert_eq!(message_totals(&broker), (6, 1), "vhost deleted");
+        // A vhost of the same name starts afresh, on top.
+        let v = broker.add_vhost("other").unwrap();
+        v.declare_queue(decl("b"), 1).unwrap();
+        v.publish("", msg("b"), 0).unwrap();
+        assert_eq!(message_totals(&broker), (7, 1));
+        // The Prometheus counters read the same totals.
+        let text =
+            crate::mgmt::metrics::render(&crate::mgmt::metrics::registry(broker.clone())).unwrap();
+        assert!(
+            text.contains("berth_broker_messages_published_total 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("berth_broker_messages_delivered_total 1\n"));
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct Broker {
     pub flow: Flow,
     pub started_at_ms: u64,
     vhosts: RwLock<BTreeMap<String, Arc<Vhost>>>,
+    /// (published, delivered) totals of deleted vhosts, folded in under the
+    /// `vhosts` write lock as a vhost leaves it (see [`Broker::message_totals`]).
+    retired: parking_lot::Mutex<(u64, u64)>,
     /// The message store when persistent (for disk usage and a clean close).
     store: Option<Arc<Store>>,
     /// Muted while replaying the metadata log at start, so replay does not log again.
@@ -109,6 +112,7 @@ impl Broker {
             flow,
             started_at_ms: now_ms(),
             vhosts: RwLock::new(BTreeMap::new()),
+            retired: parking_lot::Mutex::new((0, 0)),
             store,
             replaying,
             config,
@@ -180,6 +184,21 @@ impl Broker {
         self.vhosts.read().values().cloned().collect()
     }
 
+    /// Messages (published into queues, delivered or fetched) since the
+    /// broker started, deleted queues and vhosts included: never decreases,
+    /// so it can back Prometheus counters. Lock order: `vhosts`, then a
+    /// vhost's topology, then its queues.
+    pub fn message_totals(&self) -> (u64, u64) {
+        let vhosts = self.vhosts.read();
+        let mut t = *self.retired.lock();
+        for v in vhosts.values() {
+            let (p, d) = v.message_totals();
+            t.0 += p;
+            t.1 += d;
+        }
+        t
+    }
+
     pub fn add_vhost(&self, name: &str) -> Result<Arc<Vhost>, BrokerError> {
         if name.is_empty() || name.len() > 255 {
             return Err(BrokerError::Invalid(format!(
@@ -206,7 +225,18 @@ impl Broker {
         self.meta.append(&MetaOp::DeleteVhost {
             name: name.to_string(),
         })?;
-        self.vhosts.write().remove(name);
+        {
+            // Its totals move to `retired` while readers are shut out, so the
+            // broker's totals do not drop. Traffic its connections still make
+            // before they close is not counted.
+            let mut vhosts = self.vhosts.write();
+            if let Some(v) = vhosts.remove(name) {
+                let (p, d) = v.message_totals();
+                let mut r = self.retired.lock();
+                r.0 += p;
+                r.1 += d;
+            }
+        }
         for conn in self.registry.connections() {
             if conn.vhost == name {
                 self.registry

@@ -100,6 +100,13 @@ pub trait MessageLog: Send + Sync {
     fn delivered(&self, vhost: &str, queue: &str, ids: &[MessageId]);
     /// The highest ticket that is on disk (fsynced).
     fn synced(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// An I/O error stopped the log until restart. The synced watermark is
+    /// then final (read this first, then the watermark): tickets above it
+    /// will never be durable, so their publisher confirms are nacks. The
+    /// watch is poked once when this turns true.
+    fn failed(&self) -> bool {
+        false
+    }
 }
 
 /// A log that keeps nothing; every ticket is immediately "durable".

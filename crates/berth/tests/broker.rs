@@ -3130,3 +3130,170 @@ async fn step<T>(what: &str, f: impl Future<Output = T>) -> T {
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"))
 }
+
+// ------------------------------------------------- single active consumer
+
+/// x-single-active-consumer: one consumer at a time gets messages; when it
+/// goes, the next (highest x-priority, then the earliest) takes over with
+/// the old one's requeued deliveries first. Checked against RabbitMQ 3.10.8,
+/// avoiding its crash (a publish after cancelling the active consumer while
+/// messages are ready fails an assertion in the queue process, fixed in
+/// 3.10.13).
+#[test]
+fn single_active_consumer_takes_turns() {
+    let b = Broker::start();
+    run(async {
+        let c = conn(&b).await;
+        let sac = |on: bool| args(&[("x-single-active-consumer", AMQPValue::Boolean(on))]);
+        // Only a boolean will do; redeclares compare it.
+        let ch = chan(&c).await;
+        expect_err(
+            ch.queue_declare(
+                s("sac-bad"),
+                QueueDeclareOptions::default(),
+                args(&[("x-single-active-consumer", text("true"))]),
+            )
+            .await,
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-single-active-consumer' for queue 'sac-bad' in vhost '/': {unacceptable_type,longstr}",
+        );
+        let ch = chan(&c).await;
+        declare(&ch, "sac", sac(true)).await;
+        declare(&ch, "sac", sac(true)).await;
+        expect_err(
+            ch.queue_declare(s("sac"), QueueDeclareOptions::default(), sac(false))
+                .await,
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'x-single-active-consumer' for queue 'sac' in vhost '/': received 'false' but current is 'true'",
+        );
+        let ch = chan(&c).await;
+        expect_err(
+            ch.queue_declare(s("sac"), QueueDeclareOptions::default(), no_args())
+                .await,
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'x-single-active-consumer' for queue 'sac' in vhost '/': received none but current is the value 'true' of type 'bool'",
+        );
+        // No exclusive consumer on such a queue, not even the first.
+        let ch = chan(&c).await;
+        expect_err(
+            ch.basic_consume(
+                s("sac"),
+                s("x"),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                no_args(),
+            )
+            .await
+            .map(|_| ()),
+            403,
+            "ACCESS_REFUSED - queue 'sac' in vhost '/' in exclusive use",
+        );
+
+        // A (prefetch 2) registers first and is active; C's higher priority
+        // does not take over.
+        let pub_ch = chan(&c).await;
+        let (ch_a, ch_b, ch_c) = (chan(&c).await, chan(&c).await, chan(&c).await);
+        ch_a.basic_qos(2, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut a = consume(&ch_a, "sac", "A", BasicConsumeOptions::default()).await;
+        let mut bc = consume(&ch_b, "sac", "B", BasicConsumeOptions::default()).await;
+        let mut cc = ch_c
+            .basic_consume(
+                s("sac"),
+                s("C"),
+                BasicConsumeOptions::default(),
+                args(&[("x-priority", long(5))]),
+            )
+            .await
+            .expect("consume C");
+        for i in 0..6 {
+            publish(
+                &pub_ch,
+                "",
+                "sac",
+                format!("m{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
+        }
+        let mut got_a = Vec::new();
+        for _ in 0..2 {
+            let d = next(&mut a, 3000).await.expect("A's delivery");
+            got_a.push((body_str(&d), d.redelivered));
+        }
+        assert_eq!(
+            got_a,
+            [("m0".to_string(), false), ("m1".to_string(), false)]
+        );
+        wait_depth(&pub_ch, "sac", 4).await;
+        assert!(next(&mut a, 200).await.is_none(), "A beyond its prefetch");
+        assert!(next(&mut bc, 100).await.is_none(), "B is not active");
+        assert!(next(&mut cc, 100).await.is_none(), "C is not active");
+        let q = pub_ch
+            .queue_declare(
+                s("sac"),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                no_args(),
+            )
+            .await
+            .expect("passive declare");
+        assert_eq!((q.message_count(), q.consumer_count()), (4, 3));
+
+        // A's channel closes: C (highest priority) is next, and gets A's
+        // two requeued messages first, then the rest in order.
+        ch_a.close(200, s("bye")).await.expect("close A's channel");
+        let mut got_c = Vec::new();
+        for _ in 0..6 {
+            let d = next(&mut cc, 3000).await.expect("C's delivery");
+            got_c.push((body_str(&d), d.redelivered));
+            d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        let want: Vec<(String, bool)> = (0..6).map(|i| (format!("m{i}"), i < 2)).collect();
+        assert_eq!(got_c, want);
+        assert!(next(&mut bc, 200).await.is_none(), "B is still waiting");
+
+        // C is cancelled with nothing unacked: B takes over.
+        ch_c.basic_cancel(s("C"), BasicCancelOptions::default())
+            .await
+            .expect("cancel C");
+        let c2 = conn(&b).await;
+        let ch_d = chan(&c2).await;
+        let mut dc = consume(&ch_d, "sac", "D", BasicConsumeOptions::default()).await;
+        publish(&pub_ch, "", "sac", b"m6", BasicProperties::default()).await;
+        let d = next(&mut bc, 3000).await.expect("B's delivery");
+        assert_eq!((body_str(&d), d.redelivered), ("m6".to_string(), false));
+        assert!(next(&mut dc, 200).await.is_none(), "D is waiting");
+
+        // B is cancelled holding m6, then its channel closes: D, on another
+        // connection, gets m6 back.
+        ch_b.basic_cancel(s("B"), BasicCancelOptions::default())
+            .await
+            .expect("cancel B");
+        ch_b.close(200, s("bye")).await.expect("close B's channel");
+        let d = next(&mut dc, 3000).await.expect("D's delivery");
+        assert_eq!((body_str(&d), d.redelivered), ("m6".to_string(), true));
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        publish(&pub_ch, "", "sac", b"m7", BasicProperties::default()).await;
+        let d = next(&mut dc, 3000).await.expect("D's next delivery");
+        assert_eq!(body_str(&d), "m7");
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        let q = pub_ch
+            .queue_declare(
+                s("sac"),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                no_args(),
+            )
+            .await
+            .expect("passive declare");
+        assert_eq!((q.message_count(), q.consumer_count()), (0, 1));
+    });
+}

@@ -124,8 +124,8 @@ impl Collector for BrokerCollector {
                 ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
             }
         }
-        let published = queues.iter().map(|q| q.published_total).sum();
-        let delivered = queues.iter().map(|q| q.delivered_total).sum();
+        // Not the sum over `queues`: deleted queues must keep counting.
+        let (published, delivered) = crate::admin::message_totals(b);
         counter(
             &mut enc,
             "berth_broker_messages_published",

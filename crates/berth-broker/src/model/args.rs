@@ -200,6 +200,9 @@ pub struct QueueConfig {
     pub dead_letter_routing_key: Option<Arc<str>>,
     /// Only from x-max-priority (RabbitMQ does not take it from policies).
     pub max_priority: Option<u8>,
+    /// x-single-active-consumer: one consumer at a time gets messages. Only
+    /// from arguments (RabbitMQ 3.10 has no such policy key).
+    pub single_active_consumer: bool,
 }
 
 fn invalid_arg(key: &str, what: &str, error: String) -> AmqpError {
@@ -270,6 +273,17 @@ pub fn parse_queue_args(args: &FieldTable, what: &str) -> Result<QueueConfig, Am
         }
         cfg.dead_letter_routing_key = Some(rk.into());
     }
+    if let Some(v) = get("x-single-active-consumer") {
+        // RabbitMQ's check_bool_arg: nothing but a field-table boolean.
+        let AMQPValue::Boolean(b) = v else {
+            return Err(invalid_arg(
+                "x-single-active-consumer",
+                what,
+                format!("{{unacceptable_type,{}}}", type_name(v)),
+            ));
+        };
+        cfg.single_active_consumer = *b;
+    }
     Ok(cfg)
 }
 
@@ -312,6 +326,7 @@ pub fn parse_policy_queue(def: &JsonMap) -> Result<QueueConfig, String> {
         dead_letter_exchange: json_str(def, "dead-letter-exchange")?.map(Into::into),
         dead_letter_routing_key: json_str(def, "dead-letter-routing-key")?.map(Into::into),
         max_priority: None,
+        single_active_consumer: false,
     })
 }
 
@@ -366,6 +381,7 @@ pub fn effective_queue_config(args: &FieldTable, policy: Option<&JsonMap>) -> Qu
             pol.dead_letter_routing_key
         },
         max_priority: declared.max_priority,
+        single_active_consumer: declared.single_active_consumer,
     }
 }
 
@@ -427,6 +443,16 @@ mod tests {
                 table(&[("x-dead-letter-exchange", AMQPValue::LongInt(1))]),
                 Some("invalid arg 'x-dead-letter-exchange' for queue 'q' in vhost '/': {unacceptable_type,signedint}"),
             ),
+            (table(&[("x-single-active-consumer", AMQPValue::Boolean(false))]), None),
+            // RabbitMQ 3.10.8's texts: only a boolean will do.
+            (
+                table(&[("x-single-active-consumer", longstr("true"))]),
+                Some("invalid arg 'x-single-active-consumer' for queue 'q' in vhost '/': {unacceptable_type,longstr}"),
+            ),
+            (
+                table(&[("x-single-active-consumer", AMQPValue::LongLongInt(1))]),
+                Some("invalid arg 'x-single-active-consumer' for queue 'q' in vhost '/': {unacceptable_type,long}"),
+            ),
         ];
         for (args, want) in cases {
             let got = parse_queue_args(&args, what).err().map(|e| e.text);
@@ -470,6 +496,12 @@ mod tests {
         assert_eq!(cfg.message_ttl, Some(99));
         assert_eq!(cfg.max_length, Some(5));
         assert_eq!(cfg.dead_letter_exchange.as_deref(), Some("dlx"));
+        // Not a policy key in RabbitMQ 3.10: only the argument turns it on.
+        let sac: JsonMap = serde_json::from_str(r#"{"single-active-consumer": true}"#).unwrap();
+        assert!(!effective_queue_config(&args, Some(&sac)).single_active_consumer);
+        let on = table(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+        assert!(effective_queue_config(&on, Some(&def)).single_active_consumer);
+        assert!(effective_queue_config(&on, None).single_active_consumer);
         let bad: JsonMap = serde_json::from_str(r#"{"message-ttl": -1}"#).unwrap();
         assert!(validate_policy(&bad).is_err());
     }

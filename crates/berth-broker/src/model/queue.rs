@@ -94,10 +94,34 @@ struct Entry {
     expires_at: Option<u64>,
 }
 
-/// A delivered message awaiting ack; keeps its expiry for a requeue.
+/// A delivered message awaiting ack; keeps its expiry for a requeue. The
+/// expiry is packed so that `turn` fits in the same 24 bytes.
 struct Unacked {
     msg: MessageRef,
-    expires_at: Option<u64>,
+    /// Absolute expiry, [`NO_EXPIRY`] for none.
+    expires_at: u64,
+    /// Single active consumer: the [`State::turn`] it was delivered in; 0
+    /// otherwise (basic.get, queues without it).
+    turn: u32,
+}
+
+const NO_EXPIRY: u64 = u64::MAX;
+
+// The unacked map holds one per delivery in flight: keep it at 24 bytes.
+const _: () = assert!(std::mem::size_of::<Unacked>() == 24);
+
+impl Unacked {
+    fn new(entry: &Entry, turn: u32) -> Self {
+        Self {
+            msg: entry.msg.clone(),
+            expires_at: entry.expires_at.unwrap_or(NO_EXPIRY),
+            turn,
+        }
+    }
+
+    fn expires_at(&self) -> Option<u64> {
+        (self.expires_at != NO_EXPIRY).then_some(self.expires_at)
+    }
 }
 
 struct Consumer {
@@ -119,12 +143,27 @@ struct State {
     unacked: HashMap<MessageId, Unacked>,
     unacked_bytes: u64,
     /// Sorted by priority, highest first; a consumer moves to the back of its
-    /// priority group after a delivery (round-robin).
+    /// priority group after a delivery (round-robin). With single active
+    /// consumer the first one is the active one (the first registered, whatever
+    /// its priority) and the others wait in the order they take over: highest
+    /// priority first, then registration order (RabbitMQ 3.10's choice).
     consumers: Vec<Consumer>,
+    /// Single active consumer: a turn runs from a consumer's registration on
+    /// a queue without consumers, through every hand-over, until all have
+    /// gone; `turn_unacked` counts its deliveries still unsettled. When the
+    /// active consumer goes with none outstanding the next one is served at
+    /// once; otherwise once they are settled (a channel close requeues them,
+    /// and they must come first) or at the next publish. Never 0.
+    turn: u32,
+    turn_unacked: u64,
     had_consumer: bool,
     /// Since when the queue is unused (x-expires); set by `tick`, cleared by use.
     idle_since: Option<u64>,
+    /// Removed from its vhost: takes no messages, delivers none, and its
+    /// totals no longer change (the vhost folded them into its own).
     deleted: bool,
+    /// `mark_deleted` dropped the messages and cancelled the consumers.
+    cleared: bool,
     published_total: u64,
     delivered_total: u64,
     acked_total: u64,
@@ -193,6 +232,21 @@ impl State {
         self.pop_level(l)
     }
 
+    /// A consumer on a queue without consumers (single active consumer):
+    /// deliveries of earlier turns no longer hold up hand-overs.
+    fn next_turn(&mut self) {
+        self.turn = self.turn.wrapping_add(1).max(1);
+        self.turn_unacked = 0;
+    }
+
+    /// An unacked delivery was settled (acked, requeued, rejected).
+    fn settled(&mut self, u: &Unacked) {
+        self.unacked_bytes -= u.msg.body_len() as u64;
+        if u.turn != 0 && u.turn == self.turn {
+            self.turn_unacked = self.turn_unacked.saturating_sub(1);
+        }
+    }
+
     fn over_limit(&self) -> bool {
         self.cfg.max_length.is_some_and(|m| self.ready as u64 > m)
             || self
@@ -216,6 +270,13 @@ impl State {
     /// keeping the publish path free of allocations). Returns (index, end of
     /// its priority group).
     fn reserve_consumer(&self, blocked: &mut Vec<bool>) -> Option<(usize, usize)> {
+        if self.cfg.single_active_consumer {
+            // Only the active consumer (the first) takes messages.
+            return match self.consumers.first() {
+                Some(c) if c.sink.try_reserve() => Some((0, 1)),
+                _ => None,
+            };
+        }
         let n = self.consumers.len();
         let mut i = 0;
         while i < n {
@@ -272,9 +333,12 @@ impl Queue {
                 unacked: HashMap::new(),
                 unacked_bytes: 0,
                 consumers: Vec::new(),
+                turn: 1,
+                turn_unacked: 0,
                 had_consumer: false,
                 idle_since: None,
                 deleted: false,
+                cleared: false,
                 published_total: 0,
                 delivered_total: 0,
                 acked_total: 0,
@@ -293,7 +357,8 @@ impl Queue {
     }
 
     /// Adds a consumer (403 access-refused if the queue has an exclusive consumer,
-    /// or if this one asks exclusive while others exist), then dispatches.
+    /// or if this one asks exclusive while others exist, or asks exclusive on a
+    /// single-active-consumer queue at all, as RabbitMQ), then dispatches.
     pub fn add_consumer(&self, consumer: ConsumerSpec) -> Result<(), AmqpError> {
         let now = crate::types::now_ms();
         let mut fx = Effects::default();
@@ -302,7 +367,9 @@ impl Queue {
             if st.deleted {
                 return Err(args::not_found("queue", &self.name, &self.vhost));
             }
-            if st.consumers.iter().any(|c| c.exclusive)
+            let sac = st.cfg.single_active_consumer;
+            if (sac && consumer.exclusive)
+                || st.consumers.iter().any(|c| c.exclusive)
                 || (consumer.exclusive && !st.consumers.is_empty())
             {
                 return Err(AmqpError::channel(
@@ -311,11 +378,16 @@ impl Queue {
                     format!("{} in exclusive use", self.describe()),
                 ));
             }
-            let pos = st
-                .consumers
+            // With single active consumer the first stays active; a newcomer
+            // waits behind those of its priority or higher.
+            let skip = usize::from(sac && !st.consumers.is_empty());
+            if sac && st.consumers.is_empty() {
+                st.next_turn();
+            }
+            let pos = st.consumers[skip..]
                 .iter()
                 .position(|c| c.priority < consumer.priority)
-                .unwrap_or(st.consumers.len());
+                .map_or(st.consumers.len(), |i| i + skip);
             st.consumers.insert(
                 pos,
                 Consumer {
@@ -337,8 +409,11 @@ impl Queue {
     }
 
     /// Removes a consumer; its unacked messages stay with the channel, which
-    /// requeues them itself.
+    /// requeues them itself. With single active consumer, removing the active
+    /// one makes the next waiting one active; it gets the ready messages at
+    /// once if no delivery of the turn is unsettled, else when they are.
     pub fn remove_consumer(&self, connection: ConnectionId, channel: u16, tag: &str) -> bool {
+        let now = crate::types::now_ms();
         let mut fx = Effects::default();
         let found = {
             let mut st = self.state.lock();
@@ -352,10 +427,16 @@ impl Queue {
                 if self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted {
                     fx.delete_self = true;
                 }
+                // The next consumer takes over. Unsettled deliveries of the
+                // turn (a channel close is about to requeue them) must reach
+                // it before the newer ready messages: it waits for them.
+                if i == 0 && st.cfg.single_active_consumer && st.turn_unacked == 0 {
+                    self.dispatch_locked(&mut st, now, &mut fx);
+                }
             }
             pos.is_some()
         };
-        self.finish(fx, crate::types::now_ms());
+        self.finish(fx, now);
         found
     }
 
@@ -377,6 +458,9 @@ impl Queue {
         let mut fx = Effects::default();
         let result = {
             let mut st = self.state.lock();
+            if st.deleted {
+                return GetResult::Empty;
+            }
             st.idle_since = None;
             match self
                 .next_live(&mut st, now_ms, &mut fx)
@@ -390,13 +474,7 @@ impl Queue {
                     } else {
                         self.note_delivered(&e, &mut fx);
                         st.unacked_bytes += e.msg.body_len() as u64;
-                        st.unacked.insert(
-                            e.msg.id,
-                            Unacked {
-                                msg: e.msg.clone(),
-                                expires_at: e.expires_at,
-                            },
-                        );
+                        st.unacked.insert(e.msg.id, Unacked::new(&e, 0));
                     }
                     GetResult::Message {
                         message: e.msg,
@@ -418,7 +496,7 @@ impl Queue {
             let mut st = self.state.lock();
             for id in ids {
                 if let Some(u) = st.unacked.remove(id) {
-                    st.unacked_bytes -= u.msg.body_len() as u64;
+                    st.settled(&u);
                     st.acked_total += 1;
                     self.leave(&u.msg, &mut fx);
                 }
@@ -438,11 +516,11 @@ impl Queue {
                 let Some(u) = st.unacked.remove(&m.id) else {
                     continue;
                 };
-                st.unacked_bytes -= u.msg.body_len() as u64;
+                st.settled(&u);
                 st.push_front(Entry {
+                    expires_at: u.expires_at(),
                     msg: u.msg,
                     redelivered: true,
-                    expires_at: u.expires_at,
                 });
             }
             self.dispatch_locked(&mut st, now_ms, &mut fx);
@@ -457,7 +535,7 @@ impl Queue {
             let mut st = self.state.lock();
             for m in messages {
                 if let Some(u) = st.unacked.remove(&m.id) {
-                    st.unacked_bytes -= u.msg.body_len() as u64;
+                    st.settled(&u);
                     self.dead_letter_or_drop(&st, u.msg, Reason::Rejected, &mut fx);
                 }
             }
@@ -605,9 +683,11 @@ impl Queue {
     /// New settings after a policy change; limits apply at the next tick.
     pub(crate) fn set_config(&self, cfg: QueueConfig) {
         let mut st = self.state.lock();
-        // x-max-priority comes only from arguments, so the levels stay.
+        // x-max-priority and x-single-active-consumer come only from
+        // arguments, so the levels and the consumer order stay.
         st.cfg = QueueConfig {
             max_priority: st.cfg.max_priority,
+            single_active_consumer: st.cfg.single_active_consumer,
             ..cfg
         };
     }
@@ -642,15 +722,28 @@ impl Queue {
         expired
     }
 
+    /// The vhost removed the queue (under its topology lock): from now on it
+    /// takes and delivers nothing, so its totals are final. Returns them
+    /// (published, delivered) the first time, zeros after.
+    pub(crate) fn retire(&self) -> (u64, u64) {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return (0, 0);
+        }
+        st.deleted = true;
+        (st.published_total, st.delivered_total)
+    }
+
     /// Marks the queue deleted: consumers are cancelled, messages dropped.
     /// Returns the number of ready messages it had.
     pub(crate) fn mark_deleted(&self) -> u32 {
         let n = {
             let mut st = self.state.lock();
-            if st.deleted {
+            if st.cleared {
                 return 0;
             }
             st.deleted = true;
+            st.cleared = true;
             let n = st.ready as u32;
             for l in st.levels.iter_mut() {
                 l.clear();
@@ -673,7 +766,7 @@ impl Queue {
     // ---- internals (queue lock held) ----
 
     fn dispatch_locked(&self, st: &mut State, now_ms: u64, fx: &mut Effects) {
-        if st.consumers.is_empty() {
+        if st.consumers.is_empty() || st.deleted {
             return;
         }
         let mut blocked = Vec::new();
@@ -702,13 +795,14 @@ impl Queue {
         } else {
             self.note_delivered(&entry, fx);
             st.unacked_bytes += entry.msg.body_len() as u64;
-            st.unacked.insert(
-                entry.msg.id,
-                Unacked {
-                    msg: entry.msg.clone(),
-                    expires_at: entry.expires_at,
-                },
-            );
+            // Only the active consumer gets messages with single active consumer.
+            let turn = if st.cfg.single_active_consumer {
+                st.turn_unacked += 1;
+                st.turn
+            } else {
+                0
+            };
+            st.unacked.insert(entry.msg.id, Unacked::new(&entry, turn));
         }
         st.consumers[j..end].rotate_left(1);
         sink.deliver(Delivery {

@@ -1799,3 +1799,420 @@ fn concurrent_publish_get_ack_and_tick() {
         1500
     );
 }
+
+// ---- single active consumer ----
+
+fn sac_on() -> (&'static str, AMQPValue) {
+    ("x-single-active-consumer", AMQPValue::Boolean(true))
+}
+
+/// A consumer on its own channel (`channel`), with a priority.
+fn consumer_on(tag: &str, sink: &Arc<Sink>, channel: u16, priority: i32) -> ConsumerSpec {
+    ConsumerSpec {
+        channel,
+        priority,
+        ..consumer(tag, sink)
+    }
+}
+
+fn delivered(s: &Sink) -> Vec<(String, bool)> {
+    s.delivered
+        .lock()
+        .iter()
+        .map(|d| {
+            (
+                String::from_utf8_lossy(&d.message.body).into_owned(),
+                d.redelivered,
+            )
+        })
+        .collect()
+}
+
+fn fresh(bodies: &[&str]) -> Vec<(String, bool)> {
+    bodies.iter().map(|b| (b.to_string(), false)).collect()
+}
+
+#[test]
+fn single_active_consumer_takes_turns() {
+    let e = env();
+    let q = e
+        .vhost
+        .declare_queue(qargs("sac", &[sac_on()]), 1)
+        .unwrap()
+        .0;
+    assert!(q.config().single_active_consumer);
+    // RabbitMQ refuses exclusive consumers on such a queue, even the first.
+    let x = Sink::new(None);
+    assert_eq!(
+        err_of(q.add_consumer(ConsumerSpec {
+            exclusive: true,
+            ..consumer("x", &x)
+        })),
+        (
+            ReplyCode::AccessRefused,
+            "queue 'sac' in vhost '/' in exclusive use".into()
+        )
+    );
+
+    let a = Sink::new(Some(2));
+    let b = Sink::new(None);
+    let c = Sink::new(Some(1));
+    let d = Sink::new(None);
+    q.add_consumer(consumer_on("a", &a, 1, 0)).unwrap();
+    q.add_consumer(consumer_on("b", &b, 2, 0)).unwrap();
+    // A higher priority does not take over from the active consumer...
+    q.add_consumer(consumer_on("c", &c, 3, 5)).unwrap();
+    q.add_consumer(consumer_on("d", &d, 4, 5)).unwrap();
+    for i in 0..5 {
+        e.publish("", "sac", &format!("m{i}"));
+    }
+    assert_eq!(delivered(&a), fresh(&["m0", "m1"]));
+    assert_eq!((b.count(), c.count(), d.count()), (0, 0, 0));
+    let st = q.stats();
+    assert_eq!(
+        (st.consumers, st.messages_ready, st.messages_unacked),
+        (4, 3, 2)
+    );
+
+    // ...but it is first in line: a's channel closes (consumer removed,
+    // then its unacked requeued) and c, the earliest of the highest
+    // priority, becomes active and gets them back first.
+    assert!(q.remove_consumer(1, 1, "a"));
+    let a_msgs: Vec<crate::types::MessageRef> = a
+        .delivered
+        .lock()
+        .iter()
+        .map(|d| d.message.clone())
+        .collect();
+    q.requeue(a_msgs, 0);
+    assert_eq!(delivered(&c), vec![("m0".to_string(), true)]);
+    assert_eq!((b.count(), d.count()), (0, 0));
+
+    // Cancelling the active consumer while it has unacked deliveries: the
+    // next one (d: same priority as c, registered before b's turn comes)
+    // waits for them to be settled, so that a channel close's requeue
+    // reaches it before the newer messages.
+    assert!(q.remove_consumer(1, 3, "c"));
+    assert_eq!((b.count(), d.count()), (0, 0));
+    let c_msgs: Vec<crate::types::MessageRef> = c
+        .delivered
+        .lock()
+        .iter()
+        .map(|d| d.message.clone())
+        .collect();
+    q.requeue(c_msgs, 0);
+    assert_eq!(
+        delivered(&d),
+        vec![
+            ("m0".to_string(), true),
+            ("m1".to_string(), true),
+            ("m2".to_string(), false),
+            ("m3".to_string(), false),
+            ("m4".to_string(), false),
+        ]
+    );
+    e.publish("", "sac", "m5");
+    assert_eq!(delivered(&d)[5..], [("m5".to_string(), false)]);
+    assert_eq!(b.count(), 0);
+    // The old consumer's late settles do not count against the new one.
+    let d_ids: Vec<MessageId> = d.delivered.lock().iter().map(|x| x.message.id).collect();
+    q.ack(&d_ids);
+    assert_eq!(q.stats().messages_unacked, 0);
+
+    // A waiting consumer leaving changes nothing; the last one left gets all.
+    let f = Sink::new(None);
+    q.add_consumer(consumer_on("f", &f, 5, 0)).unwrap();
+    assert!(q.remove_consumer(1, 5, "f"));
+    assert!(q.remove_consumer(1, 4, "d"));
+    e.publish("", "sac", "m6");
+    assert_eq!(delivered(&b), fresh(&["m6"]));
+    let g = Sink::new(None);
+    q.add_consumer(consumer_on("g", &g, 6, 10)).unwrap();
+    e.publish("", "sac", "m7");
+    assert_eq!(delivered(&b), fresh(&["m6", "m7"]));
+    assert_eq!(g.count(), 0);
+    assert_eq!(q.consumer_count(), 2);
+
+    // An active consumer that goes with nothing unacked (here: no room, as a
+    // connection whose output is full) hands the backlog over at once.
+    let (r0, r1) = (Sink::new(Some(0)), Sink::new(None));
+    let qr = e
+        .vhost
+        .declare_queue(qargs("sacr", &[sac_on()]), 1)
+        .unwrap()
+        .0;
+    qr.add_consumer(consumer_on("r0", &r0, 1, 0)).unwrap();
+    qr.add_consumer(consumer_on("r1", &r1, 2, 0)).unwrap();
+    e.publish("", "sacr", "k0");
+    e.publish("", "sacr", "k1");
+    assert_eq!((r0.count(), r1.count()), (0, 0));
+    assert!(qr.remove_consumer(1, 1, "r0"));
+    assert_eq!(delivered(&r1), fresh(&["k0", "k1"]));
+    // Acks from a basic.get do not count as the active consumer's.
+    e.publish("", "sacr", "k2");
+    assert_eq!(r1.count(), 3);
+
+    // Two consumers of one channel go in its close: the one that takes over
+    // in between must not take newer messages ahead of the requeued one.
+    let (s1, s2, s3) = (Sink::new(Some(1)), Sink::new(None), Sink::new(None));
+    let qm = e
+        .vhost
+        .declare_queue(qargs("sacm", &[sac_on()]), 1)
+        .unwrap()
+        .0;
+    qm.add_consumer(consumer_on("a1", &s1, 1, 0)).unwrap();
+    qm.add_consumer(consumer_on("a2", &s2, 1, 0)).unwrap();
+    qm.add_consumer(consumer_on("b", &s3, 2, 0)).unwrap();
+    for k in ["j0", "j1", "j2"] {
+        e.publish("", "sacm", k);
+    }
+    assert_eq!(delivered(&s1), fresh(&["j0"]));
+    assert!(qm.remove_consumer(1, 1, "a1"));
+    assert!(qm.remove_consumer(1, 1, "a2"));
+    assert_eq!((s2.count(), s3.count()), (0, 0));
+    let held: Vec<crate::types::MessageRef> = s1
+        .delivered
+        .lock()
+        .iter()
+        .map(|d| d.message.clone())
+        .collect();
+    qm.requeue(held, 0);
+    assert_eq!(
+        delivered(&s3),
+        vec![
+            ("j0".to_string(), true),
+            ("j1".to_string(), false),
+            ("j2".to_string(), false)
+        ]
+    );
+
+    // Once all consumers are gone a new turn starts: deliveries still held
+    // from before (p1's) do not hold up later hand-overs.
+    let (p1, p2, p3) = (Sink::new(Some(1)), Sink::new(Some(0)), Sink::new(None));
+    let qt = e
+        .vhost
+        .declare_queue(qargs("sact", &[sac_on()]), 1)
+        .unwrap()
+        .0;
+    qt.add_consumer(consumer_on("p1", &p1, 1, 0)).unwrap();
+    e.publish("", "sact", "t0");
+    e.publish("", "sact", "t1");
+    assert!(qt.remove_consumer(1, 1, "p1"));
+    qt.add_consumer(consumer_on("p2", &p2, 2, 0)).unwrap();
+    qt.add_consumer(consumer_on("p3", &p3, 3, 0)).unwrap();
+    assert_eq!((p1.count(), p2.count(), p3.count()), (1, 0, 0));
+    assert!(qt.remove_consumer(1, 2, "p2"));
+    assert_eq!(delivered(&p3), fresh(&["t1"]));
+
+    // basic.get is not a consumer: it takes ready messages as usual.
+    let (h, i) = (Sink::new(Some(0)), Sink::new(None));
+    let q2 = e
+        .vhost
+        .declare_queue(qargs("sac2", &[sac_on()]), 1)
+        .unwrap()
+        .0;
+    q2.add_consumer(consumer_on("h", &h, 1, 0)).unwrap();
+    q2.add_consumer(consumer_on("i", &i, 2, 0)).unwrap();
+    e.publish("", "sac2", "n0");
+    assert_eq!(
+        (h.count(), i.count()),
+        (0, 0),
+        "blocked active: nobody else"
+    );
+    assert_eq!(e.get_body("sac2", 0).as_deref(), Some("n0"));
+    // No-ack deliveries to the active consumer leave the queue at once.
+    let n = Sink::new(None);
+    let q3 = e
+        .vhost
+        .declare_queue(qargs("sac3", &[sac_on()]), 1)
+        .unwrap()
+        .0;
+    q3.add_consumer(ConsumerSpec {
+        no_ack: true,
+        ..consumer_on("n", &n, 1, 0)
+    })
+    .unwrap();
+    q3.add_consumer(consumer_on("o", &i, 2, 0)).unwrap();
+    e.publish("", "sac3", "p0");
+    assert_eq!(delivered(&n), fresh(&["p0"]));
+    assert_eq!(q3.stats().messages_unacked, 0);
+}
+
+#[test]
+fn single_active_consumer_argument() {
+    let e = env();
+    e.vhost.declare_queue(qargs("sac", &[sac_on()]), 1).unwrap();
+    e.vhost
+        .declare_queue(
+            qargs(
+                "off",
+                &[("x-single-active-consumer", AMQPValue::Boolean(false))],
+            ),
+            1,
+        )
+        .unwrap();
+    // RabbitMQ 3.10.8's texts, checked against it.
+    let cases: Vec<(QueueDecl, Option<String>)> = vec![
+        (qargs("sac", &[sac_on()]), None),
+        (
+            qargs("sac", &[("x-single-active-consumer", AMQPValue::Boolean(false))]),
+            Some("inequivalent arg 'x-single-active-consumer' for queue 'sac' in vhost '/': received 'false' but current is 'true'".into()),
+        ),
+        (
+            qdecl("sac"),
+            Some("inequivalent arg 'x-single-active-consumer' for queue 'sac' in vhost '/': received none but current is the value 'true' of type 'bool'".into()),
+        ),
+        (
+            qdecl("off"),
+            Some("inequivalent arg 'x-single-active-consumer' for queue 'off' in vhost '/': received none but current is the value 'false' of type 'bool'".into()),
+        ),
+        (
+            qargs("bad", &[("x-single-active-consumer", longstr("true"))]),
+            Some("invalid arg 'x-single-active-consumer' for queue 'bad' in vhost '/': {unacceptable_type,longstr}".into()),
+        ),
+        (
+            qargs("bad", &[("x-single-active-consumer", int(1))]),
+            Some("invalid arg 'x-single-active-consumer' for queue 'bad' in vhost '/': {unacceptable_type,long}".into()),
+        ),
+    ];
+    for (i, (decl, want)) in cases.into_iter().enumerate() {
+        let got = e.vhost.declare_queue(decl, 1).err().map(|e| {
+            assert_eq!(e.code, ReplyCode::PreconditionFailed);
+            e.text
+        });
+        assert_eq!(got, want, "case {i}");
+    }
+
+    // Not a policy key in RabbitMQ 3.10, and a policy change keeps it.
+    e.vhost
+        .put_policy(PolicyDef {
+            name: "p".into(),
+            vhost: "/".into(),
+            pattern: ".*".into(),
+            apply_to: "queues".into(),
+            definition: serde_json::from_str(
+                r#"{"single-active-consumer": true, "max-length": 9}"#,
+            )
+            .unwrap(),
+            priority: 0,
+        })
+        .unwrap();
+    let off = e.vhost.queue_for("off", 1).unwrap();
+    assert!(!off.config().single_active_consumer);
+    assert_eq!(off.config().max_length, Some(9));
+    let sac = e.vhost.queue_for("sac", 1).unwrap();
+    assert!(sac.config().single_active_consumer);
+    let plain_q = e.queue("plain");
+    assert!(!plain_q.config().single_active_consumer);
+    // Without the argument consumers share as before.
+    let (a, b) = (Sink::new(None), Sink::new(None));
+    plain_q.add_consumer(consumer_on("a", &a, 1, 0)).unwrap();
+    plain_q.add_consumer(consumer_on("b", &b, 2, 0)).unwrap();
+    e.publish("", "plain", "1");
+    e.publish("", "plain", "2");
+    assert_eq!((a.count(), b.count()), (1, 1));
+}
+
+// ---- broker-wide totals ----
+
+#[test]
+fn message_totals_survive_queue_deletion() {
+    let e = env();
+    let q1 = e.queue("q1");
+    e.queue("q2");
+    for i in 0..3 {
+        e.publish("", "q1", &i.to_string());
+    }
+    e.publish("", "q2", "x");
+    e.publish("", "q2", "y");
+    assert!(e.get_body("q1", 0).is_some());
+    assert_eq!(e.vhost.message_totals(), (5, 1));
+
+    e.vhost.delete_queue("q1", false, false, 1).unwrap();
+    assert_eq!(e.vhost.message_totals(), (5, 1), "queue.delete");
+    // A deleted queue a channel still holds takes nothing more.
+    q1.requeue(Vec::new(), 0);
+    assert!(matches!(q1.get(true, 0), GetResult::Empty));
+    assert_eq!(e.vhost.message_totals(), (5, 1));
+
+    // auto-delete after the last consumer, exclusive queue of a closed
+    // connection, x-expires.
+    let ad = e
+        .vhost
+        .declare_queue(
+            QueueDecl {
+                auto_delete: true,
+                ..qdecl("ad")
+            },
+            1,
+        )
+        .unwrap()
+        .0;
+    let s = Sink::new(None);
+    ad.add_consumer(consumer("c", &s)).unwrap();
+    e.publish("", "ad", "z");
+    ad.remove_consumer(1, 1, "c");
+    assert!(ad.is_deleted());
+    e.vhost
+        .declare_queue(
+            QueueDecl {
+                exclusive: true,
+                ..qdecl("ex")
+            },
+            9,
+        )
+        .unwrap();
+    e.publish("", "ex", "w");
+    e.vhost.connection_closed(9);
+    e.vhost
+        .declare_queue(qargs("exp", &[("x-expires", int(10))]), 1)
+        .unwrap();
+    e.publish("", "exp", "v");
+    e.vhost.tick(1_000);
+    e.vhost.tick(2_000);
+    assert!(e.vhost.queue_for("exp", 1).is_err());
+    assert_eq!(e.vhost.message_totals(), (8, 2));
+    // The same name again starts its own count on top.
+    e.queue("q1");
+    e.publish("", "q1", "again");
+    assert_eq!(e.vhost.message_totals(), (9, 2));
+    assert_eq!(
+        e.vhost.queue_for("q1", 1).unwrap().stats().published_total,
+        1
+    );
+}
+
+#[test]
+fn message_totals_never_drop_under_concurrent_deletes() {
+    let e = env();
+    let writers_done = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let v = e.vhost.clone();
+            let done = &writers_done;
+            s.spawn(move || {
+                for i in 0..300 {
+                    let name = format!("t{t}-{}", i % 3);
+                    v.declare_queue(qdecl(&name), 1).unwrap();
+                    v.publish("", plain(&name, "m"), 0).unwrap();
+                    let q = v.queue_for(&name, 1).unwrap();
+                    assert!(matches!(q.get(true, 0), GetResult::Message { .. }));
+                    if i % 2 == 0 {
+                        v.delete_queue(&name, false, false, 1).unwrap();
+                    }
+                }
+                done.fetch_add(1, Ordering::Release);
+            });
+        }
+        let mut last = (0, 0);
+        let mut reads = 0u64;
+        while writers_done.load(Ordering::Acquire) < 2 {
+            let now = e.vhost.message_totals();
+            assert!(now.0 >= last.0 && now.1 >= last.1, "{last:?} -> {now:?}");
+            last = now;
+            reads += 1;
+        }
+        assert!(reads > 0);
+    });
+    assert_eq!(e.vhost.message_totals(), (600, 600));
+}

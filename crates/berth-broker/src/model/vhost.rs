@@ -70,6 +70,10 @@ struct Topology {
     /// Destination (is queue, name) -> exchanges with a binding to it, so that
     /// deleting a queue does not scan every exchange.
     sources: HashMap<(bool, Arc<str>), HashSet<Arc<str>>>,
+    /// (published, delivered) totals of deleted queues, so that the vhost's
+    /// totals never go down. Folded in under this lock as a queue leaves
+    /// `queues`, so a reader holding it counts every queue exactly once.
+    retired: (u64, u64),
 }
 
 const DEFAULT_EXCHANGE_DENIED: &str = "operation not permitted on the default exchange";
@@ -258,6 +262,10 @@ impl Topology {
 
     fn remove_queue(&mut self, vhost: &str, q: &Arc<Queue>, ops: &mut Vec<MetaOp>) {
         self.queues.remove(&*q.name);
+        // Topology, then queue: the lock order. The queue is frozen from here.
+        let (published, delivered) = q.retire();
+        self.retired.0 += published;
+        self.retired.1 += delivered;
         let durable = q.durable && q.exclusive_owner.is_none();
         self.unbind_all_to(vhost, &Dest::Queue(q.clone()), durable, ops);
     }
@@ -1023,6 +1031,21 @@ impl Vhost {
         let mut v: Vec<Arc<Queue>> = self.topo.read().queues.values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// (published, delivered) since the vhost was created, deleted queues
+    /// included: monotonic, for counters. Queue locks are taken under the
+    /// topology read lock (the lock order), so a queue being deleted is
+    /// counted either live or retired, never both or neither.
+    pub fn message_totals(&self) -> (u64, u64) {
+        let topo = self.topo.read();
+        let mut t = topo.retired;
+        for q in topo.queues.values() {
+            let s = q.stats();
+            t.0 += s.published_total;
+            t.1 += s.delivered_total;
+        }
+        t
     }
 
     /// One queue by name, whoever owns it (management API).

@@ -31,7 +31,8 @@ pub(crate) struct Unacked {
 pub(crate) enum Confirm {
     Ack,
     Nack,
-    /// Waits for the store's synced watermark to reach this ticket.
+    /// Waits for the store's synced watermark to reach this ticket; a nack if
+    /// the store failed before it did.
     Wait(u64),
 }
 
@@ -133,8 +134,15 @@ impl Channel {
     }
 
     /// Pops the confirms that can be sent now, coalescing contiguous acks into
-    /// one `multiple` ack. Calls `emit(seq, ack?, multiple)`.
-    pub fn flush_confirms(&mut self, synced: u64, mut emit: impl FnMut(u64, bool, bool)) {
+    /// one `multiple` ack. Calls `emit(seq, ack?, multiple)`. `failed`: the
+    /// store stopped and `synced` is final, so waits above it become nacks
+    /// (in sequence order, like every other confirm).
+    pub fn flush_confirms(
+        &mut self,
+        synced: u64,
+        failed: bool,
+        mut emit: impl FnMut(u64, bool, bool),
+    ) {
         let mut run: Option<(u64, u64)> = None; // (first, last) seq of pending acks
         let flush_run = |run: &mut Option<(u64, u64)>, emit: &mut dyn FnMut(u64, bool, bool)| {
             if let Some((first, last)) = run.take() {
@@ -145,8 +153,8 @@ impl Channel {
             match c {
                 Confirm::Ack => {}
                 Confirm::Wait(t) if t <= synced => {}
-                Confirm::Wait(_) => break,
-                Confirm::Nack => {
+                Confirm::Wait(_) if !failed => break,
+                Confirm::Wait(_) | Confirm::Nack => {
                     flush_run(&mut run, &mut emit);
                     emit(seq, false, false);
                     self.confirms.pop_front();
@@ -194,16 +202,52 @@ mod tests {
             ch.confirms.push_back((s, c));
         }
         let mut got = Vec::new();
-        ch.flush_confirms(5, |s, a, m| got.push((s, a, m)));
+        ch.flush_confirms(5, false, |s, a, m| got.push((s, a, m)));
         assert_eq!(got, vec![(2, true, true), (3, false, false)]);
         assert!(ch.awaits_sync());
         got.clear();
-        ch.flush_confirms(10, |s, a, m| got.push((s, a, m)));
+        ch.flush_confirms(10, false, |s, a, m| got.push((s, a, m)));
         assert_eq!(got, vec![(5, true, true)]);
         assert!(!ch.awaits_sync());
         ch.confirms.push_back((6, Confirm::Ack));
         got.clear();
-        ch.flush_confirms(0, |s, a, m| got.push((s, a, m)));
+        ch.flush_confirms(0, false, |s, a, m| got.push((s, a, m)));
         assert_eq!(got, vec![(6, true, false)]);
+    }
+
+    #[test]
+    fn failed_store_nacks_waits_in_order() {
+        let mut ch = Channel::new(1, 1000);
+        for (s, c) in [
+            (1, Confirm::Wait(3)),
+            (2, Confirm::Ack),
+            (3, Confirm::Wait(4)),
+            (4, Confirm::Ack),
+            (5, Confirm::Wait(9)),
+            (6, Confirm::Nack),
+            (7, Confirm::Ack),
+        ] {
+            ch.confirms.push_back((s, c));
+        }
+        let mut got = Vec::new();
+        // Not failed yet: stops at the first wait above the watermark.
+        ch.flush_confirms(3, false, |s, a, m| got.push((s, a, m)));
+        assert_eq!(got, vec![(2, true, true)]);
+        assert!(ch.awaits_sync());
+        got.clear();
+        // Failed with the watermark at 3: ticket 4 and 9 were never synced.
+        ch.flush_confirms(3, true, |s, a, m| got.push((s, a, m)));
+        assert_eq!(
+            got,
+            vec![
+                (3, false, false),
+                (4, true, false),
+                (5, false, false),
+                (6, false, false),
+                (7, true, false)
+            ]
+        );
+        assert!(!ch.awaits_sync());
+        assert!(ch.confirms.is_empty());
     }
 }

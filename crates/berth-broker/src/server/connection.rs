@@ -4,7 +4,8 @@
 //! unit tests, the `amqp_methods` fuzz target) through:
 //! - [`Connection::on_input`]: bytes from the client;
 //! - [`Connection::on_wake`]: after [`ConnShared::notify`] fired (deliveries,
-//!   cancels, a forced close) or the store's synced watermark moved;
+//!   cancels, a forced close) or the store's synced watermark moved (or the
+//!   store failed: waiting confirms become nacks);
 //! - [`Connection::on_timer`] at [`Connection::next_timer`]: handshake timeout, heartbeats;
 //! - [`Connection::on_alarm`]: memory/disk alarm changes (when an alarm clears,
 //!   call [`Connection::on_input`] again with the input left in the buffer);
@@ -101,6 +102,9 @@ struct Core {
     synced: tokio::sync::watch::Receiver<u64>,
     awaiting_sync: bool,
     confirms_dirty: bool,
+    /// Warned that this connection publishes persistent messages without
+    /// confirms (or in a transaction) while the message store is failed.
+    warned_unsaved: bool,
     to_dispatch: Vec<Arc<Queue>>,
     /// Granted (access, is_exchange, name) checks; RabbitMQ caches a few per channel too.
     perm_cache: Vec<(Access, bool, String)>,
@@ -256,6 +260,7 @@ impl Connection {
             synced,
             awaiting_sync: false,
             confirms_dirty: false,
+            warned_unsaved: false,
             to_dispatch: Vec::new(),
             perm_cache: Vec::new(),
             settle_buf: Vec::new(),
@@ -548,6 +553,8 @@ impl Connection {
     }
 
     fn flush_confirms(&mut self) {
+        // In this order: once failed, the watermark read after it is final.
+        let failed = self.core.broker.log.failed();
         let synced = *self.core.synced.borrow();
         let mut waiting = false;
         let c = &mut self.core;
@@ -557,7 +564,7 @@ impl Connection {
             }
             let n = ch.number;
             let out = &mut c.out;
-            ch.flush_confirms(synced, |seq, ack, multiple| {
+            ch.flush_confirms(synced, failed, |seq, ack, multiple| {
                 let m = if ack {
                     AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
                         delivery_tag: seq,
@@ -2056,6 +2063,16 @@ impl Core {
             };
             ch.confirms.push_back((ch.next_seq, c));
             self.confirms_dirty = true;
+        } else if outcome.ticket.is_some() && !self.warned_unsaved && self.broker.log.failed() {
+            // Confirm channels get nacks; these publishers would learn nothing.
+            self.warned_unsaved = true;
+            tracing::warn!(
+                peer = %self.peer,
+                channel = n,
+                transactional = ch.tx.is_some(),
+                "persistent message published without confirms while the message store is failed: \
+                 kept in memory only, lost at restart (warned once per connection)"
+            );
         }
         Ok(())
     }

@@ -1604,3 +1604,133 @@ async fn alarm_holds_publish_over_tcp() {
     stop_tx.send(true).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Collects output until a frame arrives (the store syncs on its own thread).
+fn await_frame(c: &mut Client) -> AMQPFrame {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.collect();
+        if let Some(f) = c.frames.pop_front() {
+            return f;
+        }
+        assert!(Instant::now() < deadline, "no frame from the server");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// (delivery tag, ack?) of the next confirm, waiting for the store.
+fn await_confirm(c: &mut Client) -> (u64, bool) {
+    match await_frame(c) {
+        AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => {
+            assert!(!a.multiple, "{a:?}");
+            (a.delivery_tag, true)
+        }
+        AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) => {
+            assert!(!n.multiple, "{n:?}");
+            (n.delivery_tag, false)
+        }
+        other => panic!("expected a confirm, got {other:?}"),
+    }
+}
+
+#[test]
+fn failed_store_nacks_persistent_confirms_and_keeps_the_rest_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        listen: None,
+        data_dir: Some(dir.path().to_path_buf()),
+        ..BrokerConfig::default()
+    };
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    {
+        let broker = Broker::open(config.clone()).unwrap();
+        let mut c = Client::open(&broker);
+        c.open_channel(1);
+        c.send(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: "dq".into(),
+                durable: true,
+                ..Default::default()
+            })),
+        );
+        assert!(matches!(
+            c.method().1,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))
+        ));
+        c.declare(1, "tq");
+        c.send(
+            1,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: false,
+            })),
+        );
+        assert!(matches!(
+            c.method().1,
+            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))
+        ));
+        c.publish_props(1, "", "dq", persistent.clone(), b"kept", false);
+        assert_eq!(await_confirm(&mut c), (1, true));
+        // A real failure: the segment is unlinked; its next sync notices.
+        std::fs::remove_dir_all(dir.path().join("messages")).unwrap();
+        c.publish_props(1, "", "dq", persistent.clone(), b"lost1", false);
+        assert_eq!(await_confirm(&mut c), (2, false));
+        assert!(broker.log.failed());
+        // Later persistent publishes are nacked at once, in order with the rest.
+        c.publish_props(1, "", "dq", persistent.clone(), b"lost2", false);
+        c.publish(1, "", "dq", b"transient");
+        c.publish_props(1, "", "tq", persistent.clone(), b"non-durable queue", false);
+        c.publish_props(1, "", "dq", persistent.clone(), b"lost3", false);
+        let got: Vec<_> = (0..4).map(|_| await_confirm(&mut c)).collect();
+        assert_eq!(got, vec![(3, false), (4, true), (5, true), (6, false)]);
+        c.nothing();
+        // Non-confirm publishes (warned once) and transactions go on in memory.
+        c.open_channel(2);
+        c.publish_props(2, "", "dq", persistent.clone(), b"unconfirmed", false);
+        c.send(2, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})));
+        c.method();
+        c.publish_props(2, "", "dq", persistent.clone(), b"in tx", false);
+        c.send(2, AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {})));
+        assert!(matches!(
+            c.method().1,
+            AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))
+        ));
+        // Everything stays deliverable from memory, and acks work.
+        c.consume(1, "dq", "ct", false);
+        let bodies: Vec<Vec<u8>> = (0..7).map(|_| c.content().body).collect();
+        assert_eq!(
+            bodies,
+            [
+                &b"kept"[..],
+                b"lost1",
+                b"lost2",
+                b"transient",
+                b"lost3",
+                b"unconfirmed",
+                b"in tx"
+            ]
+            .map(|b| b.to_vec())
+        );
+        c.ack(1, 7, true);
+        c.nothing();
+        let started = Instant::now();
+        c.conn.finish();
+        drop(c);
+        broker.close();
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // Only what was synced before the failure (nothing: its file was removed).
+    let broker = Broker::open(config).unwrap();
+    assert!(!broker.log.failed());
+    let mut c = Client::open(&broker);
+    c.open_channel(1);
+    c.publish_props(1, "", "dq", persistent, b"after restart", false);
+    c.send(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "dq".into(),
+            no_ack: true,
+        })),
+    );
+    assert_eq!(c.content().body, b"after restart");
+}

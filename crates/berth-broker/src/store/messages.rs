@@ -25,15 +25,29 @@
 //!   Compaction writes a delivered record after the copies of flagged
 //!   messages, since the original record may then be deleted with the segment
 //!   it depends on.
+//!
+//! I/O errors: the first failed create, write, fdatasync, unlink or directory
+//! fsync (or a segment found unlinked after a sync: the data directory was
+//! removed) makes the store *failed* until restart. It is logged once; the
+//! writer cuts the open segment back to its last synced length (best effort:
+//! no torn record, nothing unconfirmed left behind) and writes, syncs and
+//! deletes nothing more. The synced watermark stays where it was, so nothing
+//! not on disk is ever confirmed, and [`Shared::failed`] tells the channels to
+//! nack every ticket above it instead of waiting. An fsync is never retried:
+//! after a failed one the kernel may have dropped the dirty pages and a
+//! second call could succeed without them. Later publishes, removes and
+//! delivered flags are not queued at all (no backpressure, no growth); the
+//! messages stay in their queues in memory and are lost at restart, which
+//! recovers what was synced before the failure.
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use berth_amqp::BasicProperties;
 use bytes::Bytes;
@@ -345,13 +359,42 @@ pub(super) struct Shared {
     pub max_pending: AtomicUsize,
     pub dir: PathBuf,
     pub options: StoreOptions,
+    /// An I/O error stopped the writer for good (set under the state lock,
+    /// before the watch is poked; see the module docs).
+    pub failed: AtomicBool,
+    /// A persistent publish after the failure was logged (once).
+    pub unsaved_logged: AtomicBool,
+    /// The next matching I/O operation fails (tests).
+    #[cfg(test)]
+    pub fault: Mutex<Option<Fault>>,
+}
+
+/// An injected I/O error (tests).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// The next write stores this many bytes, then fails with ENOSPC.
+    Write(usize),
+    /// The next fdatasync fails with EIO.
+    Sync,
+    /// Creating the next segment fails with ENOENT.
+    Create,
 }
 
 impl Shared {
     pub fn publish(&self, vhost: &str, queues: &[&str], message: &Message) -> u64 {
         if queues.is_empty() {
-            // Nothing to keep; confirm once everything before it is durable.
-            return self.state.lock().ticket;
+            // Nothing to keep; confirm once everything before it is durable
+            // (after a failure: what was durable then; the rest is nacked first).
+            let st = self.state.lock();
+            return if self.is_failed() {
+                *self.synced.borrow()
+            } else {
+                st.ticket
+            };
+        }
+        if self.is_failed() {
+            return self.unsaved();
         }
         let mut props = Vec::with_capacity(32);
         encode_properties(&message.properties, &mut props);
@@ -365,8 +408,12 @@ impl Shared {
         );
         let max_pending = self.max_pending.load(Ordering::Relaxed);
         let mut st = self.state.lock();
-        while st.pending_bytes >= max_pending && !st.stop {
+        while st.pending_bytes >= max_pending && !st.stop && !self.is_failed() {
             self.drained.wait(&mut st);
+        }
+        if self.is_failed() {
+            drop(st);
+            return self.unsaved();
         }
         let seg_bytes = self.options.segment_bytes;
         let buf = st.buffer_for(len, seg_bytes);
@@ -390,8 +437,33 @@ impl Shared {
         ticket
     }
 
+    /// Whether an I/O error stopped the store (until restart).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// A persistent publish after the failure: not queued; its ticket is above
+    /// the final synced watermark, so its confirm is a nack.
+    fn unsaved(&self) -> u64 {
+        if !self.unsaved_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                dir = %self.dir.display(),
+                "persistent message not written: the message store failed (see the error above); \
+                 such messages stay in their queues in memory only and are lost at restart; \
+                 publisher confirms for them are nacks, publishes without confirms and \
+                 transactions are not durable (logged once)"
+            );
+        }
+        let mut st = self.state.lock();
+        st.ticket += 1;
+        st.ticket
+    }
+
     pub fn remove(&self, vhost: &str, queue: &str, ids: &[MessageId]) {
         let mut st = self.state.lock();
+        if self.is_failed() {
+            return;
+        }
         // Only ids the store holds need a record; look them up first so that the
         // record lands in the segment the dependencies are noted for.
         let live: Vec<MessageId> = match st.queues.get(vhost).and_then(|v| v.get(queue)) {
@@ -420,6 +492,9 @@ impl Shared {
     /// only means a redelivered=false too many, as before this record existed.
     pub fn delivered(&self, vhost: &str, queue: &str, ids: &[MessageId]) {
         let mut st = self.state.lock();
+        if self.is_failed() {
+            return;
+        }
         // Only live, not yet flagged ids need a record (requeued messages were
         // flagged at their first delivery).
         let fresh: Vec<MessageId> = match st.queues.get(vhost).and_then(|v| v.get(queue)) {
@@ -445,6 +520,9 @@ impl Shared {
 
     pub fn remove_queue(&self, vhost: &str, queue: &str) {
         let mut st = self.state.lock();
+        if self.is_failed() {
+            return;
+        }
         if !st.queues.get(vhost).is_some_and(|v| v.contains_key(queue)) {
             return;
         }
@@ -479,19 +557,43 @@ impl Shared {
     fn segment_path(&self, n: u64) -> PathBuf {
         self.dir.join(segment::segment_name(n))
     }
+
+    /// Injects an I/O error into the writer (tests).
+    #[cfg(test)]
+    pub fn inject(&self, fault: Fault) {
+        *self.fault.lock() = Some(fault);
+    }
+
+    #[cfg(test)]
+    fn take_fault(&self, want: impl Fn(Fault) -> bool) -> Option<Fault> {
+        let mut f = self.fault.lock();
+        match *f {
+            Some(x) if want(x) => f.take(),
+            _ => None,
+        }
+    }
 }
 
 /// The writer thread: one write + one fdatasync per batch of pending records.
 pub(super) struct Writer {
     shared: Arc<Shared>,
-    /// The open segment: number, file, length.
-    file: Option<(u64, File, u64)>,
+    /// The open segment.
+    file: Option<OpenSegment>,
     dirty: bool,
-    /// An fsync failed: nothing written since can be trusted to be durable, so
-    /// the synced watermark stops advancing (confirms stall rather than lie).
+    /// An I/O error stopped the writer for good (see the module docs).
     failed: bool,
     /// Segments already compacted.
     compacted: BTreeSet<u64>,
+}
+
+/// The segment the writer appends to.
+struct OpenSegment {
+    seg: u64,
+    file: File,
+    /// Bytes written.
+    len: u64,
+    /// Bytes known to be on disk (fdatasynced).
+    synced_len: u64,
 }
 
 impl Writer {
@@ -522,8 +624,12 @@ impl Writer {
             }
             let mut spare = Vec::new();
             for mut chunk in chunks {
+                if self.failed {
+                    // Never written: their tickets stay above the watermark.
+                    break;
+                }
                 segment::seal_records(&mut chunk.buf);
-                self.write(chunk.seg, &chunk.buf, stop);
+                self.write(chunk.seg, &chunk.buf);
                 chunk.buf.clear();
                 // Keep a few moderate buffers; let huge ones go.
                 if chunk.buf.capacity() <= 4 << 20 {
@@ -531,16 +637,18 @@ impl Writer {
                 }
             }
             self.sync();
-            if !self.failed {
-                self.shared.synced.send_if_modified(|v| {
-                    if ticket > *v {
-                        *v = ticket;
-                        true
-                    } else {
-                        false
-                    }
-                });
+            if self.failed {
+                // Publishers queue nothing more; wait for the stop.
+                continue;
             }
+            self.shared.synced.send_if_modified(|v| {
+                if ticket > *v {
+                    *v = ticket;
+                    true
+                } else {
+                    false
+                }
+            });
             if !spare.is_empty() {
                 let mut st = self.shared.state.lock();
                 if st.spare.len() < 4 {
@@ -548,89 +656,131 @@ impl Writer {
                 }
             }
             self.delete(&deletes);
-            if !stop {
+            if !stop && !self.failed {
                 self.compact();
             }
         }
         self.sync();
     }
 
-    fn write(&mut self, seg: u64, buf: &[u8], stopping: bool) {
-        if self.file.as_ref().map(|f| f.0) != Some(seg) {
+    fn write(&mut self, seg: u64, buf: &[u8]) {
+        if self.file.as_ref().map(|f| f.seg) != Some(seg) {
             // A segment is complete on disk before the next one gets data, so a
             // torn record can only be at the end of the last segment.
             self.sync();
+            if self.failed {
+                return;
+            }
             self.file = None;
             let path = self.shared.segment_path(seg);
-            let mut tries = 0u32;
-            loop {
-                match OpenOptions::new().create(true).append(true).open(&path) {
-                    Ok(f) => {
-                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                        self.file = Some((seg, f, len));
-                        sync_dir(&self.shared.dir);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "cannot create message segment");
-                        tries += 1;
-                        if stopping && tries >= 3 {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
+            match open_segment(&self.shared, &path) {
+                Ok(file) => {
+                    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.file = Some(OpenSegment {
+                        seg,
+                        file,
+                        len,
+                        synced_len: len,
+                    });
                 }
+                Err(e) => return self.fail(&path, "create", e),
             }
         }
-        let Some((seg, file, len)) = self.file.as_mut() else {
+        let Some(f) = self.file.as_mut() else {
             return;
         };
-        let mut tries = 0u32;
-        loop {
-            match file.write_all(buf) {
-                Ok(()) => {
-                    *len += buf.len() as u64;
-                    self.shared
-                        .disk_bytes
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    self.dirty = true;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(segment = %segment::segment_name(*seg), error = %e, "message store write failed; retrying");
-                    // Drop the partial write so that the retry does not leave a
-                    // torn record in the middle of the file.
-                    let _ = file.set_len(*len);
-                    tries += 1;
-                    if stopping && tries >= 3 {
-                        self.failed = true;
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
+        match write_segment(&self.shared, &mut f.file, buf) {
+            Ok(()) => {
+                f.len += buf.len() as u64;
+                self.shared
+                    .disk_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                self.dirty = true;
+            }
+            Err(e) => {
+                let path = self.shared.segment_path(f.seg);
+                self.fail(&path, "write", e);
             }
         }
     }
 
     fn sync(&mut self) {
-        if !self.dirty {
+        if !self.dirty || self.failed {
             return;
         }
         self.dirty = false;
-        if !self.shared.options.fsync {
+        let Some(f) = self.file.as_mut() else {
             return;
+        };
+        let mut res = Ok(());
+        if self.shared.options.fsync {
+            res = sync_segment(&self.shared, &f.file).map_err(|e| ("fdatasync", e));
         }
-        if let Some((seg, file, _)) = &self.file {
-            if let Err(e) = file.sync_data() {
-                tracing::error!(segment = %segment::segment_name(*seg), error = %e, "message store fdatasync failed; confirms stop");
-                self.failed = true;
+        // Writes to a file unlinked under us (the data directory was removed)
+        // succeed and sync, yet reach nothing that a restart would read.
+        res = res.and_then(|()| match f.file.metadata() {
+            Ok(m) if m.nlink() == 0 => Err((
+                "fstat",
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the segment file was deleted"),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(("fstat", e)),
+        });
+        match res {
+            Ok(()) => f.synced_len = f.len,
+            Err((op, e)) => {
+                let path = self.shared.segment_path(f.seg);
+                self.fail(&path, op, e);
             }
         }
     }
 
+    /// Records the first I/O error and stops writing for good: the synced
+    /// watermark stays where it is, pending records are dropped, and the
+    /// channels are woken to nack what waits for the store.
+    fn fail(&mut self, path: &Path, op: &'static str, error: std::io::Error) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.dirty = false;
+        tracing::error!(
+            path = %path.display(),
+            op,
+            error = %error,
+            "message store I/O error: persistent messages are no longer written until restart; \
+             unsynced and later ones get publisher nacks"
+        );
+        // Best effort: leave no torn or unconfirmed record behind. The file
+        // itself may be beyond repair; a restart truncates a torn tail anyway.
+        // (`len` does not count a partial write, hence no comparison.)
+        if let Some(f) = self.file.take() {
+            if let Err(e) = f.file.set_len(f.synced_len) {
+                tracing::warn!(
+                    segment = %segment::segment_name(f.seg),
+                    error = %e,
+                    "cannot cut the failed write off the message segment"
+                );
+            }
+        }
+        {
+            let mut st = self.shared.state.lock();
+            self.shared.failed.store(true, Ordering::Release);
+            st.chunks.clear();
+            st.pending_bytes = 0;
+            st.deletes.clear();
+        }
+        self.shared.drained.notify_all();
+        // Wakes the connections waiting for the watermark (its value stays).
+        self.shared.synced.send_modify(|_| {});
+    }
+
     fn delete(&mut self, segs: &[u64]) {
         for n in segs {
-            if self.file.as_ref().map(|f| f.0) == Some(*n) {
+            if self.failed {
+                return;
+            }
+            if self.file.as_ref().map(|f| f.seg) == Some(*n) {
                 self.file = None;
             }
             let path = self.shared.segment_path(*n);
@@ -644,13 +794,16 @@ impl Writer {
                     tracing::debug!(path = %path.display(), "deleted message segment");
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot delete message segment")
-                }
+                // Deleting a later segment without this one could resurrect
+                // removed messages at replay: stop here, for good.
+                Err(e) => return self.fail(&path, "unlink", e),
             }
             // One at a time in order: a later segment's removes must never
             // outlive an earlier segment's publishes on disk.
-            sync_dir(&self.shared.dir);
+            if let Err(e) = sync_dir(&self.shared.dir) {
+                let dir = self.shared.dir.clone();
+                return self.fail(&dir, "directory fsync", e);
+            }
         }
     }
 
@@ -755,10 +908,53 @@ impl Writer {
     }
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+/// Makes creations and deletions in `dir` durable. Filesystems that cannot
+/// fsync a directory (EINVAL and the like, as PostgreSQL tolerates) are not an
+/// error; a directory that cannot be opened (removed) is.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    match File::open(dir)?.sync_all() {
+        Err(e)
+            if matches!(
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                nix::errno::Errno::EINVAL | nix::errno::Errno::EBADF | nix::errno::Errno::ENOTSUP
+            ) =>
+        {
+            Ok(())
+        }
+        r => r,
     }
+}
+
+/// Creates (or opens, after a restart) a segment and makes its name durable.
+fn open_segment(shared: &Shared, path: &Path) -> std::io::Result<File> {
+    #[cfg(test)]
+    if shared.take_fault(|f| f == Fault::Create).is_some() {
+        return Err(nix::errno::Errno::ENOENT.into());
+    }
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    sync_dir(&shared.dir)?;
+    Ok(file)
+}
+
+fn write_segment(shared: &Shared, file: &mut File, buf: &[u8]) -> std::io::Result<()> {
+    #[cfg(test)]
+    if let Some(Fault::Write(n)) = shared.take_fault(|f| matches!(f, Fault::Write(_))) {
+        file.write_all(&buf[..n.min(buf.len())])?;
+        return Err(nix::errno::Errno::ENOSPC.into());
+    }
+    #[cfg(not(test))]
+    let _ = shared;
+    file.write_all(buf)
+}
+
+fn sync_segment(shared: &Shared, file: &File) -> std::io::Result<()> {
+    #[cfg(test)]
+    if shared.take_fault(|f| f == Fault::Sync).is_some() {
+        return Err(nix::errno::Errno::EIO.into());
+    }
+    #[cfg(not(test))]
+    let _ = shared;
+    file.sync_data()
 }
 
 /// What replay found.

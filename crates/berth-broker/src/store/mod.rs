@@ -7,7 +7,8 @@
 //!   synced watermark. An in-memory index (queue → message id → segment) and
 //!   per-segment live counts decide when a segment file can be deleted; sparse
 //!   old segments are compacted by copying their live messages forward.
-//!   `messages.rs` has the details and the crash-safety argument.
+//!   `messages.rs` has the details, the crash-safety argument and what an I/O
+//!   error does (the store fails until restart; confirms become nacks).
 //! - `meta.log` + `meta.json`: durable metadata changes, fsynced per change, and a
 //!   compacted snapshot in the definitions format ([`meta`]).
 use std::path::Path;
@@ -111,6 +112,10 @@ impl Store {
             max_pending: std::sync::atomic::AtomicUsize::new(messages::MAX_PENDING_BYTES),
             dir: dir.clone(),
             options,
+            failed: std::sync::atomic::AtomicBool::new(false),
+            unsaved_logged: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            fault: Mutex::new(None),
         });
         let writer = messages::Writer::new(shared.clone());
         let handle = std::thread::Builder::new()
@@ -133,7 +138,14 @@ impl Store {
         self.shared.disk_bytes.load(Ordering::Relaxed)
     }
 
-    /// Stops the writer after flushing (graceful shutdown).
+    /// An I/O error stopped the writer: nothing more is written until restart
+    /// (see [`MessageLog::failed`]).
+    pub fn failed(&self) -> bool {
+        self.shared.is_failed()
+    }
+
+    /// Stops the writer after flushing (graceful shutdown). Prompt after a
+    /// failure: nothing is retried.
     pub fn close(&self) {
         self.shared.stop();
         if let Some(handle) = self.writer.lock().take() {
@@ -168,6 +180,9 @@ impl MessageLog for Store {
     }
     fn synced(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.synced.subscribe()
+    }
+    fn failed(&self) -> bool {
+        self.shared.is_failed()
     }
 }
 

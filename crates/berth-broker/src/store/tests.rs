@@ -1083,3 +1083,241 @@ fn delivered_records_keep_their_segment_while_the_message_lives() {
     );
     assert!(flagged(&rec).is_empty());
 }
+
+// ---------------------------------------------------------------- I/O errors
+
+use super::messages::Fault;
+
+fn segment_bytes(dir: &Path) -> Vec<u64> {
+    segments(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect()
+}
+
+fn synced_now(store: &Store) -> u64 {
+    *store.synced().borrow()
+}
+
+/// Closes the store and checks that it did not wait for anything.
+fn close_promptly(store: Store) {
+    let started = Instant::now();
+    store.close();
+    drop(store);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "close took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn write_failure_fails_the_store_and_keeps_what_was_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    let t1 = store.publish("/", &["q"], &msg(1, &[1; 500]));
+    let t2 = store.publish("/", &["q"], &msg(2, &[2; 500]));
+    wait_synced(&store, t2);
+    assert!(!store.failed());
+    let before = segment_bytes(dir.path());
+    let mut rx = store.synced();
+    rx.borrow_and_update();
+    // ENOSPC after part of the record: a torn record would be left without the cut.
+    store.shared.inject(Fault::Write(100));
+    store.remove("/", "q", &[1]);
+    let t3 = store.publish("/", &["q"], &msg(3, &[3; 500]));
+    wait_until("the store to fail", || store.failed());
+    // Waiting channels are woken (just after the flag is set).
+    wait_until("the watch to be poked", || rx.has_changed().unwrap());
+    assert_eq!(synced_now(&store), t2.0, "the failed batch is not synced");
+    assert!(t3.0 > synced_now(&store));
+    assert_eq!(segment_bytes(dir.path()), before, "failed write cut off");
+    // Later operations neither block nor queue anything, and never sync.
+    let t4 = store.publish("/", &["q"], &msg(4, &[4; 500]));
+    assert!(t4 > t3);
+    assert_eq!(store.publish("/", &[], &msg(5, b"")).0, t2.0);
+    store.remove("/", "q", &[2]);
+    store.delivered("/", "q", &[2]);
+    store.remove_queue("/", "q");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(synced_now(&store), t2.0);
+    assert_eq!(segment_bytes(dir.path()), before);
+    assert!(t1.0 <= synced_now(&store));
+    close_promptly(store);
+    let (_s, rec) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    assert_eq!(by_queue(&rec)[&key("/", "q")], vec![1, 2]);
+}
+
+#[test]
+fn fsync_failure_is_final_and_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    let t1 = store.publish("/", &["q"], &msg(1, b"one"));
+    wait_synced(&store, t1);
+    let before = segment_bytes(dir.path());
+    store.shared.inject(Fault::Sync);
+    let t2 = store.publish("/", &["q"], &msg(2, b"two"));
+    wait_until("the store to fail", || store.failed());
+    assert_eq!(synced_now(&store), t1.0);
+    assert!(t2.0 > t1.0);
+    // The written but unsynced record is cut off, best effort.
+    assert_eq!(segment_bytes(dir.path()), before);
+    // The next fsync would succeed (no fault left); it is never tried.
+    let t3 = store.publish("/", &["q"], &msg(3, b"three"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(synced_now(&store), t1.0);
+    assert!(t3.0 > t1.0);
+    close_promptly(store);
+    let (_s, rec) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    assert_eq!(by_queue(&rec)[&key("/", "q")], vec![1]);
+}
+
+#[test]
+fn segment_create_failure_fails_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    store.shared.inject(Fault::Create);
+    store.publish("/", &["q"], &msg(1, b"one"));
+    wait_until("the store to fail", || store.failed());
+    assert_eq!(synced_now(&store), 0);
+    close_promptly(store);
+    let (_s, rec) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    assert!(rec.is_empty());
+}
+
+#[test]
+fn failure_at_rotation_keeps_earlier_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts(4096)).unwrap();
+    let mut last = WriteTicket(0);
+    for id in 1..=20 {
+        last = store.publish("/", &["q"], &msg(id, &[7; 600]));
+    }
+    wait_synced(&store, last);
+    let n = segments(dir.path()).len();
+    assert!(n > 1);
+    // The next segment cannot be created: the batch that needs it is nacked.
+    store.shared.inject(Fault::Create);
+    let mut id = 21;
+    while !store.failed() {
+        store.publish("/", &["q"], &msg(id, &[7; 600]));
+        id += 1;
+        assert!(id < 1000, "no rotation happened");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let synced = synced_now(&store);
+    close_promptly(store);
+    let (_s, rec) = Store::open(dir.path(), opts(4096)).unwrap();
+    let got = by_queue(&rec).remove(&key("/", "q")).unwrap();
+    // Tickets were 1:1 with ids here: everything synced is back, in order.
+    assert!(got.len() as u64 >= synced, "{} < {synced}", got.len());
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn removed_data_directory_fails_the_store() {
+    // A real failure: writes to the unlinked segment succeed and even sync.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts(1 << 20)).unwrap();
+    let t1 = store.publish("/", &["q"], &msg(1, b"one"));
+    wait_synced(&store, t1);
+    std::fs::remove_dir_all(dir.path().join("messages")).unwrap();
+    let t2 = store.publish("/", &["q"], &msg(2, b"two"));
+    wait_until("the store to fail", || store.failed());
+    assert_eq!(synced_now(&store), t1.0);
+    assert!(t2.0 > t1.0);
+    close_promptly(store);
+}
+
+#[test]
+fn failure_wakes_publishers_blocked_on_backpressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts(64 << 10)).unwrap();
+    store
+        .shared
+        .max_pending
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let store = std::sync::Arc::new(store);
+    let first = store.publish("/", &["q"], &msg(store.next_id(), &[0; 100]));
+    wait_synced(&store, first);
+    store.shared.inject(Fault::Sync);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let q = format!("q{t}");
+                (0..200)
+                    .map(|_| store.publish("/", &[q.as_str()], &msg(store.next_id(), &[1; 1000])))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut tickets = Vec::new();
+    for th in threads {
+        tickets.extend(th.join().unwrap());
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(store.failed());
+    let synced = synced_now(&store);
+    assert_eq!(synced, first.0, "nothing after the fault is synced");
+    assert!(tickets.iter().all(|t| t.0 > synced));
+    let store = std::sync::Arc::into_inner(store).unwrap();
+    close_promptly(store);
+    let (_s, rec) = Store::open(dir.path(), opts(64 << 10)).unwrap();
+    assert_eq!(rec.len(), 1);
+}
+
+#[test]
+fn everything_synced_before_a_failure_recovers() {
+    // Concurrent publishers and removers; a partial write fails mid-stream.
+    // Every ticket at or below the final watermark is on disk after a restart.
+    for cut in [0usize, 7, 300] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), opts(16 << 10)).unwrap();
+        let store = std::sync::Arc::new(store);
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let q = format!("q{t}");
+                    let mut out = Vec::new();
+                    for i in 0..300u64 {
+                        let id = store.next_id();
+                        let tk = store.publish("/", &[q.as_str()], &msg(id, &[t as u8; 200]));
+                        out.push((tk, id));
+                        if i % 10 == 9 {
+                            // Acks of stored messages keep working until the failure.
+                            let old = out[out.len() - 10].1;
+                            store.remove("/", &q, &[old]);
+                        }
+                        if t == 0 && i == 150 {
+                            store.shared.inject(Fault::Write(cut));
+                        }
+                    }
+                    (q, out)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        wait_until("the store to fail", || store.failed());
+        let synced = synced_now(&store);
+        let store = std::sync::Arc::into_inner(store).unwrap();
+        close_promptly(store);
+        let (_s, rec) = Store::open(dir.path(), opts(16 << 10)).unwrap();
+        let got = by_queue(&rec);
+        for (q, out) in results {
+            let have: BTreeSet<u64> = got
+                .get(&key("/", &q))
+                .map(|v| v.iter().copied().collect())
+                .unwrap_or_default();
+            for (i, (tk, id)) in out.iter().enumerate() {
+                // Removed ones may come back (removes are not confirmed).
+                let removed = i % 10 == 0 && i + 9 < out.len();
+                if tk.0 <= synced && !removed {
+                    assert!(have.contains(id), "cut {cut}: synced {id} ({tk:?}) lost");
+                }
+            }
+        }
+    }
+}

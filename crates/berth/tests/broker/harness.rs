@@ -101,6 +101,10 @@ pub struct Opts {
     /// berth's `--disk-free-limit` in bytes (RabbitMQ's
     /// `disk_free_limit.absolute`).
     pub disk_free_limit: Option<u64>,
+    /// Use this data directory (e.g. a mount point the test made) instead
+    /// of `data` in the broker's temp dir. Taken at the first start only;
+    /// the caller cleans it up.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The test's broker.
@@ -129,7 +133,10 @@ impl Broker {
             .prefix("bbrk")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let data_dir = dir.path().join("data");
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let t = tag();
         let mut b = Broker {
             kind: peer(),
