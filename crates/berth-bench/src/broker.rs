@@ -247,7 +247,7 @@ fn machine() -> String {
         .unwrap_or_default();
     let date = cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let rmq = cmd_out("dpkg-query", &["-W", "-f", "${Version}", "rabbitmq-server"]);
-    format!("nproc {nproc}, Linux {kernel}, {date}, rabbitmq-server {rmq}, client lapin 4 (one process, tokio multi-thread)")
+    format!("nproc {nproc}, Linux {kernel}, {date}, rabbitmq-server {rmq}, client lapin 4 (one process: publishers on one thread, consumers on another)")
 }
 
 fn cmd_out(cmd: &str, args: &[&str]) -> String {

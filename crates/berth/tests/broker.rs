@@ -610,7 +610,20 @@ fn queue_declare_variants() {
         assert_eq!(q2.consumer_count(), 0);
         wait_depth(&ch, q.name().as_str(), 1).await;
         assert_eq!(q2.consumer_count(), 0);
+        // Not even a server-named queue may be redeclared by its name.
+        let r = ch
+            .queue_declare(q.name().clone(), QueueDeclareOptions::default(), no_args())
+            .await;
+        expect_err(
+            r,
+            403,
+            &format!(
+                "ACCESS_REFUSED - queue name '{}' contains reserved prefix 'amq.*'",
+                q.name()
+            ),
+        );
 
+        let ch = chan(&c).await;
         declare(&ch, "plain", no_args()).await;
         let r = ch
             .queue_declare(

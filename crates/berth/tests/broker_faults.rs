@@ -289,6 +289,33 @@ fn full_disk_nacks_confirms_and_keeps_what_was_acked() {
             .expect("publish");
         let conf = confirmed(&ch, "mem", b"sync point", BasicProperties::default()).await;
         assert!(conf.is_ack());
+        // A transaction's commit-ok would promise its messages are on disk.
+        let tx = c.create_channel().await.expect("channel.open");
+        tx.tx_select().await.expect("tx.select");
+        tx.basic_publish(
+            s(""),
+            s("faults"),
+            BasicPublishOptions::default(),
+            b"in a transaction",
+            persistent(),
+        )
+        .await
+        .expect("publish");
+        let err = tx
+            .tx_commit()
+            .await
+            .expect_err("tx.commit on a failed store");
+        assert!(
+            format!("{err:?}").contains("message store failed"),
+            "tx.commit: {err:?}"
+        );
+        // Monitoring sees it.
+        let (st, metrics) = b.api("GET", "/metrics", "");
+        assert_eq!(st, 200);
+        assert!(
+            metrics.contains("berth_broker_message_store_failed 1"),
+            "{metrics}"
+        );
         c.close(200, s("bye")).await.expect("connection.close");
         (acked, nacked)
     });

@@ -158,6 +158,12 @@ impl Collector for BrokerCollector {
             "Free bytes on the data directory's filesystem",
             disk_free,
         )?;
+        gauge(
+            &mut enc,
+            "berth_broker_message_store_failed",
+            "1 after a message store I/O error: persistent publishes are nacked until restart",
+            u64::from(b.log.failed()),
+        )?;
         {
             let alarm = b.flow.alarm();
             let g = ConstGauge::new(0i64);

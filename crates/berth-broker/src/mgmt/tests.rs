@@ -528,6 +528,7 @@ async fn metrics_without_auth() {
         "berth_broker_disk_free_bytes ",
         "berth_broker_alarm{resource=\"memory\"} 0",
         "berth_broker_alarm{resource=\"disk\"} 0",
+        "berth_broker_message_store_failed 0",
     ] {
         assert!(body.contains(name), "metrics lack {name:?}:\n{body}");
     }

@@ -67,6 +67,9 @@ pub(crate) struct Channel {
     pub next_seq: u64,
     pub confirms: VecDeque<(u64, Confirm)>,
     pub tx: Option<Vec<TxOp>>,
+    /// A tx.commit whose commit-ok waits for the store to sync this ticket
+    /// (its persistent messages): commit-ok promises they are on disk.
+    pub commit_wait: Option<u64>,
     /// For queue names left empty (RabbitMQ: the last queue declared on the channel).
     pub last_queue: Option<String>,
 }
@@ -85,6 +88,7 @@ impl Channel {
             next_seq: 0,
             confirms: VecDeque::new(),
             tx: None,
+            commit_wait: None,
             last_queue: None,
         }
     }
@@ -172,7 +176,7 @@ impl Channel {
 
     /// Whether a confirm waits for the store.
     pub fn awaits_sync(&self) -> bool {
-        matches!(self.confirms.front(), Some((_, Confirm::Wait(_))))
+        matches!(self.confirms.front(), Some((_, Confirm::Wait(_)))) || self.commit_wait.is_some()
     }
 
     /// Distinct queues this channel consumes from.

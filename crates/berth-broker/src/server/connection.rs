@@ -557,10 +557,21 @@ impl Connection {
         let failed = self.core.broker.log.failed();
         let synced = *self.core.synced.borrow();
         let mut waiting = false;
+        let mut failed_commits = Vec::new();
         let c = &mut self.core;
         for ch in self.channels.values_mut() {
-            if ch.confirms.is_empty() || ch.state != ChanState::Open {
+            if (ch.confirms.is_empty() && ch.commit_wait.is_none()) || ch.state != ChanState::Open {
                 continue;
+            }
+            if let Some(t) = ch.commit_wait {
+                if t <= synced {
+                    ch.commit_wait = None;
+                    let ok = AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}));
+                    encode_method(ch.number, &ok, &mut c.out);
+                } else if failed {
+                    ch.commit_wait = None;
+                    failed_commits.push(ch.number);
+                }
             }
             let n = ch.number;
             let out = &mut c.out;
@@ -583,6 +594,15 @@ impl Connection {
         }
         c.confirms_dirty = false;
         c.awaiting_sync = waiting;
+        for n in failed_commits {
+            let e = AmqpError::channel(
+                n,
+                ReplyCode::InternalError,
+                "message store failed: the transaction's persistent messages may not be on disk",
+            )
+            .caused_by(90, 20);
+            self.channel_error(n, e);
+        }
     }
 
     fn drain_mailbox(&mut self, now_ms: u64) {
@@ -1487,6 +1507,15 @@ impl Core {
                 let name = if d.queue.as_str().is_empty() && !d.passive {
                     random_name(crate::model::vhost::SERVER_NAMED_PREFIX)
                 } else {
+                    // As RabbitMQ: a client may not (re)declare an `amq.` name,
+                    // not even a server-named queue's; the model exempts
+                    // `amq.gen-` only for the names generated just above.
+                    if !d.passive && d.queue.as_str().starts_with("amq.") {
+                        return Err(sc(crate::model::args::access_refused(format!(
+                            "queue name '{}' contains reserved prefix 'amq.*'",
+                            d.queue
+                        ))));
+                    }
                     self.queue_name(ch, d.queue.as_str(), ids)?
                 };
                 if !d.passive {
@@ -1655,7 +1684,12 @@ impl Core {
                             }
                         }
                     }
-                    self.send(n, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                    if ch.commit_wait.is_some() {
+                        // Sent by flush_confirms once the store has synced.
+                        self.confirms_dirty = true;
+                    } else {
+                        self.send(n, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                    }
                 }
                 tx::AMQPMethod::Rollback(_) => {
                     let Some(ops) = ch.tx.as_mut() else {
@@ -2051,6 +2085,10 @@ impl Core {
                     &mut self.scratch,
                 );
             }
+        }
+        if let (Some(_), Some(t)) = (&ch.tx, outcome.ticket) {
+            // Publishing during tx.commit: commit-ok waits for this ticket.
+            ch.commit_wait = Some(ch.commit_wait.map_or(t.0, |w| w.max(t.0)));
         }
         if ch.confirm {
             ch.next_seq += 1;

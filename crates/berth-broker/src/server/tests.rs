@@ -1691,10 +1691,20 @@ fn failed_store_nacks_persistent_confirms_and_keeps_the_rest_working() {
         c.method();
         c.publish_props(2, "", "dq", persistent.clone(), b"in tx", false);
         c.send(2, AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {})));
-        assert!(matches!(
-            c.method().1,
-            AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))
-        ));
+        // commit-ok would promise the message is on disk: a channel error.
+        match await_frame(&mut c) {
+            AMQPFrame::Method(2, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) => {
+                assert_eq!(cl.reply_code, 541, "{cl:?}");
+                assert!(
+                    cl.reply_text
+                        .as_str()
+                        .starts_with("INTERNAL_ERROR - message store failed"),
+                    "{cl:?}"
+                );
+                assert_eq!((cl.class_id, cl.method_id), (90, 20));
+            }
+            other => panic!("expected channel.close, got {other:?}"),
+        }
         // Everything stays deliverable from memory, and acks work.
         c.consume(1, "dq", "ct", false);
         let bodies: Vec<Vec<u8>> = (0..7).map(|_| c.content().body).collect();
@@ -1733,4 +1743,40 @@ fn failed_store_nacks_persistent_confirms_and_keeps_the_rest_working() {
         })),
     );
     assert_eq!(c.content().body, b"after restart");
+}
+
+#[test]
+fn tx_commit_ok_waits_until_the_messages_are_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        listen: None,
+        data_dir: Some(dir.path().to_path_buf()),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(config).unwrap();
+    let synced = broker.log.synced();
+    let mut c = Client::open(&broker);
+    c.open_channel(1);
+    c.send(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "dq".into(),
+            durable: true,
+            ..Default::default()
+        })),
+    );
+    c.method();
+    c.send(1, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})));
+    c.method();
+    let before = *synced.borrow();
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    c.publish_props(1, "", "dq", persistent, b"committed", false);
+    c.send(1, AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {})));
+    match await_frame(&mut c) {
+        AMQPFrame::Method(1, AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))) => {}
+        other => panic!("expected tx.commit-ok, got {other:?}"),
+    }
+    // The publish took a ticket above `before`; commit-ok came after its sync
+    // (before the fix it was sent at once, ahead of the writer's fdatasync).
+    assert!(*synced.borrow() > before, "commit-ok before the fsync");
 }
