@@ -14,7 +14,7 @@ mod raw;
 use futures_util::StreamExt;
 use harness::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -23,20 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- helpers
-
-/// Runs an async test body on a fresh tokio runtime, failing after 90 s.
-fn run<F: Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(90), f)
-            .await
-            .expect("test body timed out after 90 s")
-    });
-}
 
 async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default())
@@ -50,10 +36,6 @@ async fn conn(b: &Broker) -> Connection {
 
 async fn chan(c: &Connection) -> Channel {
     c.create_channel().await.expect("channel.open")
-}
-
-fn s(v: &str) -> ShortString {
-    v.into()
 }
 
 fn no_args() -> FieldTable {
@@ -74,10 +56,6 @@ fn long(n: i64) -> AMQPValue {
 
 fn text(v: &str) -> AMQPValue {
     AMQPValue::LongString(v.into())
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
 }
 
 /// The reply code and text of an AMQP error (channel or connection).
@@ -108,6 +86,16 @@ async fn declare(ch: &Channel, q: &str, a: FieldTable) -> lapin::Queue {
     ch.queue_declare(s(q), QueueDeclareOptions::default(), a)
         .await
         .unwrap_or_else(|e| panic!("declare {q}: {e:?}"))
+}
+
+async fn declare_durable(ch: &Channel, q: &str, a: FieldTable) -> lapin::Queue {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(s(q), durable, a)
+        .await
+        .unwrap_or_else(|e| panic!("declare durable {q}: {e:?}"))
 }
 
 async fn publish(ch: &Channel, ex: &str, rk: &str, body: &[u8], props: BasicProperties) {
@@ -2172,16 +2160,7 @@ fn durable_survives_graceful_restart() {
         )
         .await
         .expect("durable exchange");
-        ch.queue_declare(
-            s("dq"),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args(&[("x-max-priority", long(5))]),
-        )
-        .await
-        .expect("durable queue");
+        declare_durable(&ch, "dq", args(&[("x-max-priority", long(5))])).await;
         declare(&ch, "tq", no_args()).await;
         ch.queue_bind(
             s("dq"),
@@ -2535,16 +2514,7 @@ fn redelivered_after_kill9() {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm");
-        ch.queue_declare(
-            s("rd"),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("declare");
+        declare_durable(&ch, "rd", no_args()).await;
         for i in 0..4 {
             let conf =
                 publish_confirmed(&ch, "", "rd", format!("m{i}").as_bytes(), persistent()).await;
@@ -2625,16 +2595,7 @@ fn crash_kill9_keeps_confirmed_messages() {
             ch.confirm_select(ConfirmSelectOptions::default())
                 .await
                 .expect("confirm");
-            ch.queue_declare(
-                s("crash"),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                no_args(),
-            )
-            .await
-            .expect("declare");
+            declare_durable(&ch, "crash", no_args()).await;
             // Keep a window of outstanding confirms, as a fast publisher does.
             let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, lapin::PublisherConfirm)>(500);
             let recorder = {
@@ -2878,16 +2839,7 @@ fn management_cli_and_definitions() {
         )
         .await
         .expect("exchange");
-        ch.queue_declare(
-            s("mq"),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args(&[("x-max-length", long(100))]),
-        )
-        .await
-        .expect("queue");
+        declare_durable(&ch, "mq", args(&[("x-max-length", long(100))])).await;
         ch.queue_bind(
             s("mq"),
             s("mx"),
@@ -3041,19 +2993,13 @@ fn disk_free_alarm_blocks_publishers() {
     // its message is held, while a consumer on another connection still
     // gets the stored messages.
     let mut b = Broker::start();
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
     run(async {
         let c = conn(&b).await;
         let ch = chan(&c).await;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm");
-        ch.queue_declare(s("disk"), durable, no_args())
-            .await
-            .expect("declare");
+        declare_durable(&ch, "disk", no_args()).await;
         for m in ["old1", "old2"] {
             let conf = publish_confirmed(&ch, "", "disk", m.as_bytes(), persistent()).await;
             assert!(conf.is_ack(), "publish {m}: {conf:?}");

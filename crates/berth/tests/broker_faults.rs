@@ -6,14 +6,13 @@
 mod harness;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::*;
 use lapin::options::*;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 /// Body size of the test messages (the first 8 bytes are the sequence number).
@@ -86,28 +85,6 @@ fn cmd_ok(prog: &str, args: &[&str], path: &Path) {
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Runs an async test step on a fresh tokio runtime, failing after 120 s.
-fn run<T, F: Future<Output = T>>(f: F) -> T {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), f)
-            .await
-            .expect("test step timed out after 120 s")
-    })
-}
-
-fn s(v: &str) -> ShortString {
-    v.into()
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
 }
 
 fn body(seq: u64) -> Vec<u8> {

@@ -15,6 +15,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs an async test body on a fresh tokio runtime, failing after 120 s.
+pub fn run<T, F: std::future::Future<Output = T>>(f: F) -> T {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), f)
+            .await
+            .expect("test body timed out after 120 s")
+    })
+}
+
+pub fn s(v: &str) -> lapin::types::ShortString {
+    v.into()
+}
+
+pub fn persistent() -> lapin::BasicProperties {
+    lapin::BasicProperties::default().with_delivery_mode(2)
+}
+
 /// How long a broker may take to open its port.
 const START_TIMEOUT: Duration = Duration::from_secs(40);
 
