@@ -82,6 +82,31 @@ fn expect_err<T: std::fmt::Debug>(r: lapin::Result<T>, code: u16, want: &str) {
     }
 }
 
+/// The reason of the next connection.blocked on `events` (10 s at most).
+async fn blocked_reason(
+    events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+) -> String {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.next().await {
+            if let lapin::Event::ConnectionBlocked(reason) = ev {
+                return reason;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("no connection.blocked within 10 s")
+}
+
+/// A channel in confirm mode.
+async fn confirm_chan(c: &Connection) -> Channel {
+    let ch = chan(c).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    ch
+}
+
 async fn declare(ch: &Channel, q: &str, a: FieldTable) -> lapin::Queue {
     ch.queue_declare(s(q), QueueDeclareOptions::default(), a)
         .await
@@ -318,10 +343,7 @@ fn amqplain_login_with_lapin() {
                 .await
                 .unwrap_or_else(|e| panic!("AMQPLAIN login as {user}: {e:?}"));
             assert!(c.status().connected(), "{user} not connected");
-            let ch = chan(&c).await;
-            ch.confirm_select(ConfirmSelectOptions::default())
-                .await
-                .expect("confirm.select");
+            let ch = confirm_chan(&c).await;
             let q = format!("amqplain-{user}");
             declare(&ch, &q, no_args()).await;
             let conf = publish_confirmed(
@@ -406,10 +428,7 @@ fn users_vhosts_and_permissions() {
             "ACCESS_REFUSED - access to queue 'other-q' in vhost 'tenant' refused for user 'alice'",
         );
         // Publishing to the default exchange needs write on amq.default.
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm.select");
+        let ch = confirm_chan(&c).await;
         let r = ch
             .basic_publish(
                 s(""),
@@ -541,10 +560,7 @@ fn exchange_declare_passive_inequivalent_and_delete() {
             .await;
         expect_err(r, 404, "NOT_FOUND - no exchange 'ex1' in vhost '/'");
         // Publishing to a missing exchange closes the channel with 404.
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm.select");
+        let ch = confirm_chan(&c).await;
         let r = ch
             .basic_publish(
                 s("ex1"),
@@ -1143,10 +1159,7 @@ fn mandatory_return_and_confirms() {
     let b = Broker::start();
     run(async {
         let c = conn(&b).await;
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm.select");
+        let ch = confirm_chan(&c).await;
         declare(&ch, "cq", no_args()).await;
         let mut pending = Vec::new();
         for i in 0..200u32 {
@@ -1734,10 +1747,7 @@ fn message_ttl_and_queue_expiry() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(drain(&ch, "plainq").await.is_empty());
         // A bad expiration is a channel error.
-        let ch2 = chan(&c).await;
-        ch2.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        let ch2 = confirm_chan(&c).await;
         let r = ch2
             .basic_publish(
                 s(""),
@@ -1781,10 +1791,7 @@ fn max_length_drop_head_and_reject_publish() {
     let b = Broker::start();
     run(async {
         let c = conn(&b).await;
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        let ch = confirm_chan(&c).await;
         declare(&ch, "dh", args(&[("x-max-length", long(3))])).await;
         for i in 1..=5 {
             let conf = publish_confirmed(
@@ -1840,10 +1847,7 @@ fn max_length_bytes_drop_head_and_reject_publish() {
     let b = Broker::start();
     run(async {
         let c = conn(&b).await;
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        let ch = confirm_chan(&c).await;
         // Only bodies count toward x-max-length-bytes: a message with 1 KB
         // of headers and a 4-byte body fits a 10-byte queue.
         let big_headers =
@@ -2145,10 +2149,7 @@ fn durable_survives_graceful_restart() {
     let mut b = Broker::start();
     run(async {
         let c = conn(&b).await;
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        let ch = confirm_chan(&c).await;
         ch.exchange_declare(
             s("dex"),
             ExchangeKind::Topic,
@@ -2227,10 +2228,7 @@ fn durable_survives_graceful_restart() {
         ch.basic_cancel(s("after"), BasicCancelOptions::default())
             .await
             .expect("cancel");
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        let ch = confirm_chan(&c).await;
         publish_confirmed(&ch, "dex", "a.z", b"new", persistent()).await;
         assert_eq!(depth(&ch, "dq").await, 1);
         let r = ch
@@ -2510,10 +2508,7 @@ fn redelivered_after_kill9() {
     let mut b = Broker::start();
     run(async {
         let c = conn(&b).await;
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        let ch = confirm_chan(&c).await;
         declare_durable(&ch, "rd", no_args()).await;
         for i in 0..4 {
             let conf =
@@ -2591,10 +2586,7 @@ fn crash_kill9_keeps_confirmed_messages() {
         let sent = sent.clone();
         rt.spawn(async move {
             let c = connect(&url).await;
-            let ch = chan(&c).await;
-            ch.confirm_select(ConfirmSelectOptions::default())
-                .await
-                .expect("confirm");
+            let ch = confirm_chan(&c).await;
             declare_durable(&ch, "crash", no_args()).await;
             // Keep a window of outstanding confirms, as a fast publisher does.
             let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, lapin::PublisherConfirm)>(500);
@@ -2963,16 +2955,7 @@ fn memory_alarm_blocks_publishers() {
             publish(&pch, "", "alarm", b"first", BasicProperties::default()),
         )
         .await;
-        let blocked = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(ev) = events.next().await {
-                if let lapin::Event::ConnectionBlocked(reason) = ev {
-                    return reason;
-                }
-            }
-            String::new()
-        })
-        .await
-        .expect("no connection.blocked within 10 s");
+        let blocked = blocked_reason(&mut events).await;
         assert_eq!(blocked, "low on memory", "connection.blocked reason");
         // The blocked publisher's message is held, not routed.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -2995,10 +2978,7 @@ fn disk_free_alarm_blocks_publishers() {
     let mut b = Broker::start();
     run(async {
         let c = conn(&b).await;
-        let ch = chan(&c).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        let ch = confirm_chan(&c).await;
         declare_durable(&ch, "disk", no_args()).await;
         for m in ["old1", "old2"] {
             let conf = publish_confirmed(&ch, "", "disk", m.as_bytes(), persistent()).await;
@@ -3042,16 +3022,7 @@ fn disk_free_alarm_blocks_publishers() {
         let mut events = pc.events_listener();
         let pch = step("publisher channel", chan(&pc)).await;
         step("publish", publish(&pch, "", "disk", b"new", persistent())).await;
-        let blocked = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(ev) = events.next().await {
-                if let lapin::Event::ConnectionBlocked(reason) = ev {
-                    return reason;
-                }
-            }
-            String::new()
-        })
-        .await
-        .expect("no connection.blocked within 10 s");
+        let blocked = blocked_reason(&mut events).await;
         // RabbitMQ's text (rabbit_reader: "low on memory", "low on disk").
         assert_eq!(blocked, "low on disk", "connection.blocked reason");
         // The blocked publisher's message is held, not routed: the queue
