@@ -2876,6 +2876,35 @@ fn management_cli_and_definitions() {
             "berth broker {what} --json lacks {name}: {so}"
         );
     }
+    // Policies through the CLI: applied to matching queues, listed, cleared.
+    b.cli_ok(&[
+        "set-policy",
+        "--apply-to",
+        "queues",
+        "cap",
+        "^pol\\.",
+        r#"{"max-length":2}"#,
+    ]);
+    let so = b.cli_ok(&["policies", "--json"]);
+    assert!(
+        so.contains("\"cap\"") && so.contains("max-length"),
+        "policies --json: {so}"
+    );
+    run(async {
+        let c = conn(&b).await;
+        let ch = chan(&c).await;
+        declare(&ch, "pol.q", no_args()).await;
+        for m in ["a", "b", "c"] {
+            publish(&ch, "", "pol.q", m.as_bytes(), BasicProperties::default()).await;
+        }
+        // The policy's max-length 2 drops the head, as x-max-length would.
+        wait_depth(&ch, "pol.q", 2).await;
+        assert_eq!(drain(&ch, "pol.q").await, vec!["b", "c"]);
+    });
+    b.cli_ok(&["clear-policy", "cap"]);
+    let so = b.cli_ok(&["policies", "--json"]);
+    assert!(!so.contains("\"cap\""), "cleared policy still listed: {so}");
+
     let (st, body) = b.api("GET", "/api/queues/%2F/mq", "");
     assert_eq!(st, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
