@@ -422,7 +422,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 async fn overview(State(s): State<Mgmt>, _c: Caller) -> ApiResult {
     let b = s.broker.clone();
     let rates = s.rates.clone();
-    let (o, totals) = blocking(move || (admin::overview(&b), admin::message_totals(&b))).await?;
+    let (o, totals) = blocking(move || (admin::overview(&b), b.message_totals())).await?;
     let (publish_rate, deliver_rate) = rates.totals();
     let config = &s.broker.config;
     let mut listeners = Vec::new();

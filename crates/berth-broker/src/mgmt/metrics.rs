@@ -125,7 +125,7 @@ impl Collector for BrokerCollector {
             }
         }
         // Not the sum over `queues`: deleted queues must keep counting.
-        let (published, delivered) = crate::admin::message_totals(b);
+        let (published, delivered) = b.message_totals();
         counter(
             &mut enc,
             "berth_broker_messages_published",
